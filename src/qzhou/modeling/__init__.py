@@ -1,0 +1,1 @@
+"""The model object: backbone + attention mode + pooling + normalisation + instructions."""

@@ -1,0 +1,186 @@
+"""The one model object used by training, mining, evaluation, encode and serving:
+backbone + attention mode + pooling + normalisation + instruction template."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from qzhou.config import EmbedderConfig
+from qzhou.modeling import loading
+from qzhou.modeling.bidirectional import architecture_kind, set_attention
+from qzhou.modeling.pooling import finalize, pool
+from qzhou.modeling.runtime import resolve_device, resolve_dtype
+
+
+class Embedder(nn.Module):
+    """A text embedder. Build it with `Embedder.load(...)`; `encode` texts; `save` a folder that
+    sentence-transformers and transformers read as they are."""
+
+    def __init__(self, backbone: nn.Module, tokenizer: Any, config: EmbedderConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.config = config
+        set_attention(backbone, config.attention)
+        loading.prepare_tokenizer(tokenizer, config)
+        #: token counts of the last encode() call: real tokens and tokens computed (real + padding)
+        self.last_stats: dict[str, int] = {}
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def load(
+        cls,
+        source: str | Path,
+        *,
+        gguf_file: str | None = None,
+        attention: Literal["bidirectional", "causal"] | None = None,
+        pooling: Literal["mean", "last", "cls"] | None = None,
+        max_length: int | None = None,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device | None = None,
+        attn_implementation: str | None = "sdpa",
+        **overrides: Any,
+    ) -> Embedder:
+        """Load a base LLM, a published embedder (QZhou, gte-Qwen2, Qwen3-Embedding, any ST folder) or a GGUF
+        file. Keyword overrides replace what the folder's files imply (see `loading.detect_config`)."""
+        folder, gguf_file = loading.resolve_source(source, gguf_file)
+        raw = loading.read_raw_config(folder, gguf_file)
+        config = loading.detect_config(folder, raw)
+        changes = {k: v for k, v in dict(attention=attention, pooling=pooling, max_length=max_length).items() if v}
+        changes.update(overrides)
+        if changes:
+            merged = {**config.model_dump(), **changes}
+            if "pooling" in changes and "append_token" not in changes:
+                kind = architecture_kind(raw.get("model_type", "?"))
+                merged["append_token"] = loading.ENDOFTEXT if merged["pooling"] == "last" and kind == "decoder" else None
+            config = EmbedderConfig(**merged)
+        device = resolve_device(device)
+        backbone = loading.load_backbone(folder, gguf_file, resolve_dtype(dtype, device), attn_implementation)
+        tokenizer = loading.load_tokenizer(folder, gguf_file)
+        return cls(backbone.to(device), tokenizer, config)
+
+    def save(self, folder: str | Path) -> Path:
+        """Save in the sentence-transformers layout (see `st_format`), with qzhou_config.json beside it."""
+        from qzhou.modeling.st_format import save_folder
+
+        return save_folder(folder, self.backbone, self.tokenizer, self.config)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.parameters()).dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    def info(self) -> dict[str, Any]:
+        c = self.backbone.config
+        return {
+            "architecture": type(self.backbone).__name__,
+            "model_type": c.model_type,
+            "parameters": sum(p.numel() for p in self.backbone.parameters()),
+            "layers": getattr(c, "num_hidden_layers", None),
+            "attention": self.config.attention,
+            "pooling": self.config.pooling,
+            "normalize": self.config.normalize,
+            "dimension": self.hidden_size,
+            "max_length": self.config.max_length,
+            "padding_side": self.config.padding_side,
+            "append_token": self.config.append_token,
+            "query_template": self.config.query_template,
+            "prompts": self.config.prompts(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    # ---------------------------------------------------------------- computation
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+        """(B, L) token ids and mask -> (B, D) float32 embeddings (normalised if the config says so)."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+        return finalize(pool(hidden, attention_mask, self.config.pooling), dim, self.config.normalize)
+
+    def format(self, texts: Sequence[str], prompt_name: str | None = None, instruction: str | None = None) -> list[str]:
+        """Apply the query template (`prompt_name='query'` with the default task, or `instruction=TEXT`);
+        `prompt_name='document'` or nothing leaves texts exactly as given."""
+        if prompt_name is not None and instruction is not None:
+            raise ValueError("give prompt_name or instruction, not both")
+        if instruction is not None:
+            return [self.config.format_query(t, instruction) for t in texts]
+        if prompt_name in (None, "document"):
+            return list(texts)
+        if prompt_name == "query":
+            return [self.config.format_query(t) for t in texts]
+        raise ValueError(f"unknown prompt_name {prompt_name!r}; known: 'query', 'document'")
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        instruction: str | None = None,
+        dim: int | None = None,
+        batch_tokens: int = 16384,
+        max_batch_size: int = 128,
+        convert_to: Literal["numpy", "torch"] = "numpy",
+        show_progress: bool | None = None,
+    ) -> np.ndarray | torch.Tensor:
+        """Embed texts; rows come back in input order.
+
+        Texts are tokenized once, sorted by length (longest first, so memory peaks at once) and packed into
+        batches of at most `batch_tokens` padded tokens, which keeps padding small and memory bounded.
+        """
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"text {i} is {type(t).__name__}, not str")
+            if not t.strip():
+                raise ValueError(f"text {i} is empty; embedders need at least one real token")
+        if dim is not None and not 1 <= dim <= self.hidden_size:
+            raise ValueError(f"dim must be between 1 and the hidden size {self.hidden_size} (got {dim})")
+        self.backbone.eval()
+        ids = self.tokenizer(self.format(texts, prompt_name, instruction), truncation=True,
+                             max_length=self.config.max_length)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out = torch.empty(len(ids), dim or self.hidden_size, dtype=torch.float32)
+        real = computed = 0
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ids), desc="encode", unit="text",
+                   disable=not (show_progress if show_progress is not None else len(ids) >= 2000))
+        for batch in _token_batches(order, [len(x) for x in ids], batch_tokens, max_batch_size):
+            feats = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, padding=True, return_tensors="pt")
+            mask = feats["attention_mask"].to(self.device)
+            emb = self(feats["input_ids"].to(self.device), mask, dim)
+            out[torch.tensor(batch)] = emb.cpu()
+            real += int(mask.sum())
+            computed += mask.numel()
+            bar.update(len(batch))
+        bar.close()
+        self.last_stats = {"real_tokens": real, "computed_tokens": computed}
+        result = out[0] if single else out
+        return result.numpy() if convert_to == "numpy" else result
+
+
+def _token_batches(order: list[int], lengths: list[int], batch_tokens: int, max_batch_size: int):
+    """Split `order` (sorted by decreasing length) into batches whose padded size stays within budget."""
+    batch: list[int] = []
+    for i in order:
+        width = lengths[batch[0]] if batch else lengths[i]
+        if batch and ((len(batch) + 1) * width > batch_tokens or len(batch) >= max_batch_size):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
