@@ -41,6 +41,11 @@ def save_folder(folder: str | Path, backbone, tokenizer, config: EmbedderConfig)
     tokenizer.model_max_length = config.max_length
     backbone.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    tok_cfg = folder / "tokenizer_config.json"  # transformers 5 does not write padding_side; readers need it
+    data = json.loads(tok_cfg.read_text(encoding="utf-8"))
+    data["padding_side"] = config.padding_side
+    data.pop("local_files_only", None)
+    _write(tok_cfg, data)
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
