@@ -32,7 +32,16 @@ def make_tokenizer():
 
 
 def make_backbone(arch: str, vocab_size: int):
-    from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model, Qwen3Config, Qwen3Model
+    from transformers import (
+        BertConfig,
+        BertModel,
+        LlamaConfig,
+        LlamaModel,
+        Qwen2Config,
+        Qwen2Model,
+        Qwen3Config,
+        Qwen3Model,
+    )
 
     torch.manual_seed(0)
     common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -22,7 +22,7 @@ def padded(lengths, side, L=6, D=5):
 
 def brute(hidden, mask, mode):
     rows = []
-    for h, m in zip(hidden, mask):
+    for h, m in zip(hidden, mask, strict=False):
         real = [h[t] for t in range(len(m)) if m[t] == 1]
         if mode == "mean":
             rows.append(sum(real) / len(real))

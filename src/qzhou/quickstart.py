@@ -33,7 +33,7 @@ def run(out: Path, dtype: str = "auto", k: int = 3) -> dict:
     results = []
     for qi, query in enumerate(queries):
         print(f"\n{query}")
-        hits = [{"score": round(float(s), 4), "text": docs[j]} for s, j in zip(scores[qi], idx[qi])]
+        hits = [{"score": round(float(s), 4), "text": docs[j]} for s, j in zip(scores[qi], idx[qi], strict=False)]
         for h in hits:
             print(f"  {h['score']:.3f}  {h['text']}")
         results.append({"query": query, "hits": hits})
