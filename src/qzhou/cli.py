@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
+
+#: feature modules that register their own sub-commands with `add_parser(subparsers)`
+FEATURE_CLIS: tuple[str, ...] = ()
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:
@@ -91,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=3)
     _add_load_args(p)
     p.set_defaults(func=cmd_quickstart)
+    for module in FEATURE_CLIS:
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
