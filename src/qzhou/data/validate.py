@@ -129,6 +129,6 @@ def format_report(report: dict[str, Any]) -> str:
     for key in ("errors", "warnings", "labels", "scores"):
         if report.get(key):
             out.append(f"  {key}: {report[key]}")
-    for kind, lines in report["examples"].items():
+    for lines in report["examples"].values():
         out += [f"  e.g. {line}" for line in lines]
     return "\n".join(out)
