@@ -50,12 +50,14 @@ def child(n: int, kind: str) -> dict:
         t = time.perf_counter()
         summary = convert(kind, src, out, progress=False)
         t_convert = time.perf_counter() - t
+        after_convert = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t = time.perf_counter()
         report = validate_file(out, progress=False)
         t_validate = time.perf_counter() - t
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"rows": n, "records": summary["written"], "convert_rows_per_s": n / t_convert,
             "validate_records_per_s": report["rows"] / t_validate, "rss_before_mib": base / 1024,
+            "peak_rss_convert_mib": after_convert / 1024,
             "peak_rss_mib": peak / 1024}
 
 
@@ -73,11 +75,11 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--child", str(n), "--kind", a.kind], check=True,
                              capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"| rows ({a.kind}) | records out | convert rows/s | validate records/s | peak RSS MiB (before) |")
+    print(f"| rows ({a.kind}) | records out | convert rows/s | validate records/s | RSS MiB: start / after convert / after validate |")
     print("|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['rows']:,} | {r['records']:,} | {r['convert_rows_per_s']:,.0f} | {r['validate_records_per_s']:,.0f} "
-              f"| {r['peak_rss_mib']:.0f} ({r['rss_before_mib']:.0f}) |")
+              f"| {r['rss_before_mib']:.0f} / {r['peak_rss_convert_mib']:.0f} / {r['peak_rss_mib']:.0f} |")
     if len(results) >= 2:
         a0, a1 = results[0], results[-1]
         growth = (a1["peak_rss_mib"] - a0["peak_rss_mib"]) / max(1, (a1["rows"] - a0["rows"]) / 1e6)
