@@ -1,0 +1,70 @@
+"""GradCache (Gao et al. 2021): a large logical batch in small chunks, for any loss.
+
+1. embed every chunk without a graph (recording the RNG state, so dropout repeats exactly);
+2. compute the loss on the detached full-batch embeddings and backpropagate to them only;
+3. re-embed each chunk with a graph and backpropagate the cached embedding gradients into the model.
+
+Peak activation memory is that of one chunk; the extra cost is one more forward pass. Parameter gradients
+equal those of the plain full-batch computation (tests/test_gradcache.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+
+import torch
+
+Features = dict[str, torch.Tensor]
+
+
+class RandState:
+    """Captures and restores the CPU and CUDA RNG states around one chunk's forward."""
+
+    def __init__(self):
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+def _chunks(features: Features, size: int) -> list[Features]:
+    n = next(iter(features.values())).shape[0]
+    return [{k: v[i:i + size] for k, v in features.items()} for i in range(0, n, size)]
+
+
+def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequence[Features],
+                       loss_fn: Callable[..., torch.Tensor], chunk_size: int,
+                       no_sync: Callable[[], object] | None = None) -> torch.Tensor:
+    """Accumulate into the model's .grad the gradient of `loss_fn(*embeddings of groups)`; returns the loss.
+
+    `groups`: tokenized batches (e.g. queries, positives, negatives), each split into `chunk_size` rows.
+    `no_sync`: DDP's `model.no_sync` so that only the last chunk's backward all-reduces.
+    """
+    cached: list[torch.Tensor] = []
+    states: list[list[tuple[Features, RandState]]] = []
+    with torch.no_grad():
+        for group in groups:
+            parts, embs = [], []
+            for chunk in _chunks(group, chunk_size):
+                state = RandState()
+                embs.append(embed(chunk))
+                parts.append((chunk, state))
+            states.append(parts)
+            cached.append(torch.cat(embs).detach().requires_grad_())
+    loss = loss_fn(*cached)
+    loss.backward()
+    jobs = [(chunk, state, grad) for parts, rep in zip(states, cached)
+            for (chunk, state), grad in zip(parts, rep.grad.split(chunk_size))]
+    for i, (chunk, state, grad) in enumerate(jobs):
+        sync = nullcontext() if (no_sync is None or i == len(jobs) - 1) else no_sync()
+        with sync:
+            current = RandState()
+            state.restore()
+            emb = embed(chunk)
+            current.restore()
+            emb.backward(grad)
+    return loss.detach()
