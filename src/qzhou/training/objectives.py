@@ -20,13 +20,16 @@ class LossConfig:
     margin: float = 0.1  # Qwen3's false-negative margin
 
 
-def retrieval_loss(cfg: LossConfig, q, pos, neg, pos_keys=None, neg_keys=None) -> torch.Tensor:
-    q, pos, neg = gather(q), gather(pos), gather(neg)
+def retrieval_loss(cfg: LossConfig, q, pos, neg=None, pos_keys=None, neg_keys=None) -> torch.Tensor:
+    q, pos = gather(q), gather(pos)
+    neg = gather(neg) if neg is not None else None
     if cfg.retrieval == "qzhou":
         return qzhou_infonce(q, pos, neg, tau=cfg.tau)
     keys = None
     if pos_keys is not None:
-        keys = torch.cat([gather_labels(pos_keys), gather_labels(neg_keys)])
+        keys = gather_labels(pos_keys)
+        if neg is not None:
+            keys = torch.cat([keys, gather_labels(neg_keys)])
     return qwen3_infonce(q, pos, neg, tau=cfg.tau, margin=cfg.margin, doc_keys=keys)
 
 

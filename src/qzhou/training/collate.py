@@ -1,0 +1,63 @@
+"""Records of one dataset -> tokenized groups + the labels its loss needs.
+
+Instructions follow QZhou's training format: retrieval puts the instruction on queries only (documents raw);
+STS and classification are symmetric and put it on every text. Queries are cut at query_max_length, documents
+at passage_max_length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+import torch
+
+from qzhou.config import EmbedderConfig
+
+
+def text_key(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=7).digest(), "little")
+
+
+class Collator:
+    def __init__(self, tokenizer, config: EmbedderConfig, query_max_length: int, passage_max_length: int,
+                 hard_negatives: int, seed: int = 0):
+        self.tok, self.cfg = tokenizer, config
+        self.qlen, self.plen = query_max_length, passage_max_length
+        self.k = hard_negatives
+        self.rng = random.Random(seed)
+
+    def _fmt(self, text: str, instruction: str | None) -> str:
+        return self.cfg.format_query(text, instruction) if instruction else text
+
+    def _tok(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        t = self.tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"]}
+
+    def __call__(self, task: str, records: list[dict[str, Any]], instruction: str | None):
+        """-> (groups, aux): groups are tokenized batches in loss-argument order; aux holds label tensors."""
+        ins = [r.get("instruction", instruction) for r in records]
+        if task == "sts":
+            a = [self._fmt(r["text1"], i) for r, i in zip(records, ins)]
+            b = [self._fmt(r["text2"], i) for r, i in zip(records, ins)]
+            scores = torch.tensor([float(r["score"]) for r in records])
+            return [self._tok(a, self.plen), self._tok(b, self.plen)], {"scores": scores}
+        queries = [self._fmt(r["query"], i) for r, i in zip(records, ins)]
+        symmetric = task == "classification"
+        pos, neg, neg_labels = [], [], []
+        for r, i in zip(records, ins):
+            pos.append(self._fmt(self.rng.choice(r["pos"]), i if symmetric else None))
+            picks = list(range(len(r.get("neg", []))))
+            self.rng.shuffle(picks)
+            for j in picks[:self.k]:
+                neg.append(self._fmt(r["neg"][j], i if symmetric else None))
+                if symmetric:
+                    neg_labels.append(r["neg_labels"][j])
+        groups = [self._tok(queries, self.qlen), self._tok(pos, self.plen)]
+        empty = {"input_ids": torch.zeros(0, 1, dtype=torch.long), "attention_mask": torch.zeros(0, 1, dtype=torch.long)}
+        groups.append(self._tok(neg, self.plen) if neg else empty)
+        if symmetric:
+            return groups, {"labels": torch.tensor([r["label"] for r in records]), "neg_labels": torch.tensor(neg_labels, dtype=torch.long)}
+        return groups, {"pos_keys": torch.tensor([text_key(t) for t in pos]),
+                        "neg_keys": torch.tensor([text_key(t) for t in neg], dtype=torch.long)}

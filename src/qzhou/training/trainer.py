@@ -1,0 +1,266 @@
+"""The one place the model meets the loss: `train(cfg) -> Path`.
+
+A loop on accelerate (device placement, DDP / DeepSpeed / FSDP through `accelerate launch`, bf16 autocast) rather
+than HF Trainer: QZhou's recipe draws each batch from one dataset with its own loss and batch size, and runs
+GradCache for every loss with negatives gathered across devices — the pieces (sampler, collator, objectives,
+gradcache) are library functions and this file only wires them. Stage k starts from stage k−1's output.
+
+Per stage: output_dir/STAGE/{checkpoint-N/, final/, config.yaml, losses.jsonl, loss.png, tb/}. A checkpoint holds
+the model folder and training_state.pt (optimizer, scheduler, sampler, RNG, step): rerunning the same command
+resumes exactly from the newest one. A NaN/Inf loss stops with a message naming the step and dataset, and the
+last good checkpoint stays.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from qzhou.data.readers import DataError, read_rows
+from qzhou.data.records import check_record, texts_of
+from qzhou.data.sampler import MultiTaskBatchSampler
+from qzhou.modeling.embedder import Embedder
+from qzhou.training.collate import Collator
+from qzhou.training.gradcache import gradcache_backward
+from qzhou.training.objectives import LossConfig, classification_loss, retrieval_loss, sts_loss
+from qzhou.training.recipe import StageSpec, TrainConfig
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def load_records(path: Path, task: str) -> list[dict]:
+    records = []
+    for where, rec in read_rows(path):
+        _, errors, _ = check_record(rec, task)
+        if errors:
+            field, message = errors[0]
+            raise DataError(f"{where}: field {field!r} {message} (clean it with `qzhou data validate --clean`)")
+        records.append(rec)
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
+
+
+def _base_model(cfg: TrainConfig) -> str:
+    if cfg.model.base == "default":
+        from qzhou.default_model import smollm2_folder
+
+        return str(smollm2_folder())
+    return cfg.model.base
+
+
+def build_embedder(cfg: TrainConfig, source: str, first: bool) -> Embedder:
+    kwargs = {"attention": cfg.model.attention, "pooling": cfg.model.pooling} if first else {}
+    e = Embedder.load(source, dtype="float32", device="cpu", **{k: v for k, v in kwargs.items() if v})
+    if cfg.model.gradient_checkpointing:
+        e.backbone.gradient_checkpointing_enable()
+    if cfg.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        e.backbone = get_peft_model(e.backbone, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                           lora_dropout=cfg.lora.dropout,
+                                                           target_modules=cfg.lora.target_modules))
+    return e
+
+
+def save_embedder(e: Embedder, folder: Path, cfg: TrainConfig) -> Path:
+    backbone = e.backbone
+    if cfg.lora is not None and cfg.lora.merge_on_save:
+        import copy
+
+        merged = copy.deepcopy(backbone).merge_and_unload()
+        return Embedder(merged, e.tokenizer, e.config).save(folder)
+    return e.save(folder)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+def _latest_checkpoint(stage_dir: Path) -> Path | None:
+    found = sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def plot_losses(losses: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for task in sorted({x["task"] for x in losses}):
+        pts = [(x["step"], x["loss"]) for x in losses if x["task"] == task]
+        ax.plot(*zip(*pts), ".", alpha=0.35, label=task)
+        if len(pts) >= 5:
+            w = max(1, len(pts) // 20)
+            smooth = np.convolve([p[1] for p in pts], np.ones(w) / w, mode="valid")
+            ax.plot([p[0] for p in pts][w - 1:], smooth, "-")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(path.parent.name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, stage_dir: Path) -> Path:
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16-mixed" else "no")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    specs = {d.name: d for d in cfg.datasets}
+    datasets = [specs[n] for n in stage.datasets]
+    records = [load_records(d.path, d.task) for d in datasets]
+    resume = _latest_checkpoint(stage_dir)
+    embedder = build_embedder(cfg, str(resume / "model") if resume and cfg.lora is None else source, first)
+    if resume and cfg.lora is not None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(embedder.backbone, torch.load(resume / "adapter.pt", weights_only=False))
+    embedder.train()
+    collator = Collator(embedder.tokenizer, embedder.config, cfg.query_max_length, cfg.passage_max_length,
+                        cfg.hard_negatives, seed=cfg.seed)
+    keys = [texts_of(r)[:2] for recs in records for r in recs]  # no repeated query / first positive in a batch
+    offsets = np.cumsum([0] + [len(r) for r in records])
+    sampler = MultiTaskBatchSampler(
+        [len(r) for r in records], [d.task for d in datasets],
+        [d.batch_size or cfg.batch_size[d.task] for d in datasets], alpha=cfg.alpha,
+        retrieval_share=stage.retrieval_share, seed=cfg.seed, keys=lambda d, i: keys[offsets[d] + i])
+    params = [p for p in embedder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    scheduler = get_scheduler(stage.schedule, optimizer, num_warmup_steps=stage.warmup_steps,
+                              num_training_steps=stage.steps)
+    model, optimizer, scheduler = accelerator.prepare(embedder, optimizer, scheduler)
+    losses: list[dict] = []
+    step = 0
+    if resume:
+        state = torch.load(resume / "training_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        collator.rng.setstate(state["collator_rng"])
+        _set_rng_state(state["rng"])
+        step, losses = state["step"], state["losses"]
+        accelerator.print(f"resuming {stage.name} from {resume} (step {step})")
+    (stage_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    loss_cfg = LossConfig(retrieval=cfg.retrieval_loss, tau=cfg.tau, cosent_tau=cfg.cosent_tau, margin=cfg.margin)
+    writer = _tensorboard(stage_dir)
+    device = accelerator.device
+
+    def embed(f):
+        return model(f["input_ids"].to(device), f["attention_mask"].to(device))
+
+    bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=not accelerator.is_main_process)
+    while step < stage.steps:
+        d, rows = sampler.next_batch()
+        spec = datasets[d]
+        groups, aux = collator(spec.task, [records[d][i] for i in rows], spec.instruction)
+        groups = [g for g in groups if g["input_ids"].shape[0] > 0]
+        aux = {k: v.to(device) for k, v in aux.items()}
+
+        def loss_fn(*embs, task=spec.task, aux=aux):
+            if task == "sts":
+                return sts_loss(loss_cfg, *embs, aux["scores"])
+            if task == "classification":
+                return classification_loss(loss_cfg, *embs, aux["labels"], aux["neg_labels"])
+            return retrieval_loss(loss_cfg, *embs, pos_keys=aux["pos_keys"], neg_keys=aux["neg_keys"])
+
+        with accelerator.autocast():
+            if cfg.chunk_size:
+                loss = gradcache_backward(embed, groups, loss_fn, cfg.chunk_size, no_sync=lambda: accelerator.no_sync(model))
+            else:
+                loss = loss_fn(*[embed(g) for g in groups])
+                accelerator.backward(loss)
+        if not torch.isfinite(loss):
+            last = _latest_checkpoint(stage_dir)
+            raise TrainingError(f"{stage.name}: loss is {loss.item()} at step {step + 1} (dataset {spec.name!r}); "
+                                f"last good checkpoint: {last or 'none'}. Lower the learning rate or check the data.")
+        if cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses.append({"step": step, "task": spec.task, "dataset": spec.name, "loss": round(loss.item(), 5)})
+        if writer:
+            writer.add_scalar(f"loss/{spec.task}", loss.item(), step)
+            writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
+        bar.update(1)
+        if step % cfg.log_every == 0:
+            bar.set_postfix(loss=f"{np.mean([x['loss'] for x in losses[-cfg.log_every:]]):.4f}")
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == stage.steps:
+            if accelerator.is_main_process:
+                _checkpoint(stage_dir, step, accelerator.unwrap_model(model), cfg, optimizer, scheduler, sampler,
+                            collator, losses)
+    bar.close()
+    final = stage_dir / "final"
+    if accelerator.is_main_process:
+        save_embedder(accelerator.unwrap_model(model), final, cfg)
+        with (stage_dir / "losses.jsonl").open("w") as f:
+            f.writelines(json.dumps(x) + "\n" for x in losses)
+        plot_losses(losses, stage_dir / "loss.png")
+    if writer:
+        writer.close()
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _tensorboard(stage_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(stage_dir / "tb"))
+
+
+def _checkpoint(stage_dir, step, embedder, cfg, optimizer, scheduler, sampler, collator, losses) -> None:
+    path = stage_dir / f"checkpoint-{step}"
+    tmp = stage_dir / f".checkpoint-{step}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if cfg.lora is not None:
+        from peft import get_peft_model_state_dict
+
+        tmp.mkdir(parents=True)
+        torch.save(get_peft_model_state_dict(embedder.backbone), tmp / "adapter.pt")
+    else:
+        embedder.save(tmp / "model")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "sampler": sampler.state_dict(), "collator_rng": collator.rng.getstate(), "rng": _rng_state(),
+                "losses": losses}, tmp / "training_state.pt")
+    tmp.rename(path)
+    for old in sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+        shutil.rmtree(old)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run every stage in order; returns the final model folder of the last stage."""
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    source = _base_model(cfg)
+    for i, stage in enumerate(cfg.stages):
+        stage_dir = cfg.output_dir / stage.name
+        if (stage_dir / "DONE").is_file():  # finished earlier: a rerun continues with the next stage
+            source = str(stage_dir / "final")
+            continue
+        source = str(train_stage(cfg, stage, source, i == 0, stage_dir))
+        (stage_dir / "DONE").write_text("ok\n")
+    return Path(source)

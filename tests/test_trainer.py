@@ -1,0 +1,131 @@
+"""The trainer end to end on a tiny model: two stages, outputs, exact resume after an interruption, and a
+NaN loss that stops with a clear message while the last good checkpoint stays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from qzhou import Embedder
+from qzhou.cli import main
+from qzhou.training import trainer as trainer_mod
+from qzhou.training.recipe import load_recipe
+from qzhou.training.trainer import TrainingError, train
+
+W = "the cat dog fox bird fish runs jumps sleeps eats quick brown lazy red blue green big small".split()
+
+
+def sent(i: int, n: int = 5) -> str:
+    return " ".join(W[(i * 7 + k * 3) % len(W)] for k in range(n)) + f" {W[i % len(W)]}"
+
+
+def write_data(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    ret = [{"query": sent(i, 3), "pos": [sent(i + 1)], "neg": [sent(i + 5), sent(i + 9)]} for i in range(12)]
+    sts = [{"text1": sent(i), "text2": sent(i + 2), "score": float(i % 5)} for i in range(12)]
+    cls = [{"query": sent(i), "pos": [sent(i + 3)], "neg": [sent(i + 4)], "label": i % 3, "neg_labels": [(i + 1) % 3]}
+           for i in range(12)]
+    for name, rows in (("ret", ret), ("sts", sts), ("cls", cls)):
+        (root / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def recipe(tmp_path: Path, base: Path, **extra) -> Path:
+    write_data(tmp_path / "data")
+    raw = {
+        "model": {"base": str(base), "attention": "bidirectional", "pooling": "mean"},
+        "datasets": [{"name": "ret", "path": "data/ret.jsonl", "task": "retrieval", "instruction": "Find it"},
+                     {"name": "sts", "path": "data/sts.jsonl", "task": "sts", "batch_size": 6},
+                     {"name": "cls", "path": "data/cls.jsonl", "task": "classification"}],
+        "stages": [{"name": "stage1", "datasets": ["ret"], "steps": 3, "lr": 1e-3},
+                   {"name": "stage2", "datasets": ["ret", "sts", "cls"], "steps": 6, "lr": 1e-3, "retrieval_share": 0.5}],
+        "batch_size": {"retrieval": 4, "sts": 6, "classification": 4},
+        "output_dir": str(tmp_path / "out"), "hard_negatives": 2, "query_max_length": 16, "passage_max_length": 24,
+        "log_every": 2,
+        **extra,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def weights(folder: Path) -> torch.Tensor:
+    e = Embedder.load(folder, dtype="float32")
+    return torch.cat([p.detach().flatten() for p in e.backbone.parameters()])
+
+
+def test_two_stages_and_outputs(tmp_path, base_dirs):
+    path = recipe(tmp_path, base_dirs["llama"], chunk_size=2)
+    assert main(["train", str(path)]) == 0
+    out = tmp_path / "out"
+    for stage, steps in (("stage1", 3), ("stage2", 6)):
+        d = out / stage
+        assert (d / "final" / "modules.json").is_file() and (d / "loss.png").stat().st_size > 1000
+        assert len((d / "losses.jsonl").read_text().splitlines()) == steps
+        assert yaml.safe_load((d / "config.yaml").read_text())["chunk_size"] == 2
+    tasks = {json.loads(x)["task"] for x in (out / "stage2" / "losses.jsonl").read_text().splitlines()}
+    assert tasks <= {"retrieval", "sts", "classification"} and len(tasks) >= 2
+    base, s1, s2 = weights(base_dirs["llama"]), weights(out / "stage1" / "final"), weights(out / "stage2" / "final")
+    assert not torch.equal(base, s1) and not torch.equal(s1, s2)
+    e = Embedder.load(out / "stage2" / "final", dtype="float32")
+    assert (e.config.attention, e.config.pooling) == ("bidirectional", "mean")
+
+
+def test_exact_resume_after_interruption(tmp_path, base_dirs, monkeypatch):
+    path = recipe(tmp_path / "a", base_dirs["qwen2"], checkpoint_every=2)
+    straight = train(load_recipe(path))
+    expected = weights(straight)
+
+    path_b = recipe(tmp_path / "b", base_dirs["qwen2"], checkpoint_every=2)
+    real = trainer_mod._checkpoint
+
+    def interrupt(stage_dir, step, *args, **kwargs):
+        real(stage_dir, step, *args, **kwargs)
+        if stage_dir.name == "stage2" and step == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(trainer_mod, "_checkpoint", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe(path_b))
+    monkeypatch.setattr(trainer_mod, "_checkpoint", real)
+    resumed = train(load_recipe(path_b))
+    assert torch.allclose(weights(resumed), expected, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, base_dirs, monkeypatch):
+    path = recipe(tmp_path, base_dirs["qwen2"], checkpoint_every=1)
+    real = trainer_mod.retrieval_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(trainer_mod, "retrieval_loss", sometimes_nan)
+    with pytest.raises(TrainingError, match=r"stage1: loss is nan at step 3 \(dataset 'ret'\); last good checkpoint: .*checkpoint-2"):
+        train(load_recipe(path))
+    assert (tmp_path / "out" / "stage1" / "checkpoint-2" / "model" / "modules.json").is_file()
+
+
+def test_recipe_errors(tmp_path, base_dirs):
+    path = recipe(tmp_path, base_dirs["qwen2"], learning_rate=1.0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        load_recipe(path)
+    path = recipe(tmp_path, base_dirs["qwen2"])
+    with pytest.raises(ValueError, match="unknown datasets"):
+        load_recipe(path, ["stages.0.datasets=[nope]"])
+    assert load_recipe(path, ["stages.1.steps=7", "tau=0.05"]).stages[1].steps == 7
+
+
+def test_lora_merged_on_save(tmp_path, base_dirs):
+    path = recipe(tmp_path, base_dirs["qwen3"], lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    cfg = load_recipe(path, ["stages.0.steps=2", "stages.1.steps=2"])
+    final = train(cfg)
+    folder_files = {p.name for p in final.iterdir()}
+    assert "adapter_config.json" not in folder_files and "model.safetensors" in folder_files
+    base, tuned = weights(base_dirs["qwen3"]), weights(final)
+    assert base.shape == tuned.shape and not torch.equal(base, tuned)
