@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -11,7 +12,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     cfg = load_recipe(a.recipe, a.set or [])
     if a.output_dir:
-        cfg.output_dir = a.output_dir
+        cfg.output_dir = Path(a.output_dir)
     final = train(cfg)
     print(f"trained model: {final}")
 
