@@ -141,6 +141,21 @@ class TaskSpec(BaseModel):
             return None
         return model(**self.protocol)
 
+    def instruction_for(self, side: Literal["query", "document"], rules: str) -> str | None:
+        """The instruction on this task's `side` under `rules` ("qzhou", "qwen3", or "none" for models trained
+        without instructions). `instructions_from` uses the registry's entry; otherwise the file's `instruction`
+        goes through the same rules (symmetric by default for every type but Retrieval, as QZhou does)."""
+        if rules == "none":
+            return None
+        from qzhou.instructions import instruction_for
+
+        if self.instructions_from:
+            return instruction_for(self.instructions_from, side, rules)
+        symmetric = self.type != "Retrieval" if self.symmetric is None else self.symmetric
+        entry = {"type": self.type, "qzhou": self.instruction or "", "qzhou_symmetric": symmetric,
+                 "qwen3": self.instruction or ""}
+        return instruction_for(self.name, side, rules, extra={self.name: entry}) or None
+
     @property
     def origin(self) -> str:
         return self._origin
@@ -165,10 +180,10 @@ def default_data_root() -> Path:
 
 
 def builtin_tasks() -> dict[str, Path]:
-    """Built-in suite: task name -> YAML file, in suite order."""
+    """Built-in suite: task name -> YAML file, in suite order (by type, English first, then by name)."""
     folder = resources.files(__package__).joinpath("suite")
     specs = [(load_spec(Path(str(f))), Path(str(f))) for f in folder.iterdir() if f.name.endswith(".yaml")]
-    specs.sort(key=lambda sp: (TASK_TYPES.index(sp[0].type), sp[0].language or "", sp[0].name))
+    specs.sort(key=lambda sp: (TASK_TYPES.index(sp[0].type), sp[0].language != "eng", sp[0].name))  # English first
     return {s.name: p for s, p in specs}
 
 
@@ -200,7 +215,7 @@ def resolve_tasks(names: list[str], data_root: str | Path | None = None) -> list
     of YAML files. Built-in tasks read their files under `data_root`."""
     root = Path(data_root).expanduser() if data_root else default_data_root()
     builtins = builtin_tasks()
-    by_lower = {n.lower(): p for n, p in builtins.items()} | {p.stem.lower(): p for p in builtins.values()}
+    by_lower = {p.stem.lower(): p for p in builtins.values()} | {n.lower(): p for n, p in builtins.items()}
     specs: list[TaskSpec] = []
     for name in names:
         p = Path(name).expanduser()
