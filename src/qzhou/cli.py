@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 #: feature modules that register their own sub-commands with `add_parser(subparsers)`
-FEATURE_CLIS: tuple[str, ...] = ("qzhou.data.cli", "qzhou.training.cli", "qzhou.synthesis.cli", "qzhou.mining_cli")
+FEATURE_CLIS: tuple[str, ...] = ("qzhou.data.cli", "qzhou.training.cli", "qzhou.synthesis.cli", "qzhou.mining_cli",
+                                  "qzhou.evaluation.cli")
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:

@@ -62,6 +62,13 @@ class ClusteringProtocol(BaseModel):
     batch_size: int = 512
     seed: int = 42
 
+    @model_validator(mode="before")
+    @classmethod
+    def _documents_replace_fraction(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("max_documents") is not None and "max_fraction" not in data:
+            data = {**data, "max_fraction": None}  # a number of documents replaces the default fraction
+        return data
+
     @model_validator(mode="after")
     def _one_limit(self) -> ClusteringProtocol:
         if self.max_fraction is not None and self.max_documents is not None:
@@ -139,7 +146,12 @@ class TaskSpec(BaseModel):
             if self.protocol:
                 raise ValueError(f"type {self.type} takes no protocol options (got {sorted(self.protocol)})")
             return None
-        return model(**self.protocol)
+        try:
+            return model(**self.protocol)
+        except ValidationError as e:
+            fields = ", ".join(model.model_fields)
+            raise ValueError("; ".join(f"protocol.{_problem(err)}" for err in e.errors()) +
+                             f" ({self.type} protocol options: {fields})") from None
 
     def instruction_for(self, side: Literal["query", "document"], rules: str) -> str | None:
         """The instruction on this task's `side` under `rules` ("qzhou", "qwen3", or "none" for models trained
@@ -201,13 +213,19 @@ def load_spec(path: str | Path, base: Path | None = None) -> TaskSpec:
     try:
         spec = TaskSpec(**raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'task'}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(_problem(err) for err in e.errors())
         raise ValueError(f"{path}: {problems}") from None
     except KeyError as e:
         raise ValueError(f"{path}: instructions_from: {e.args[0]}") from None
     spec._base = base if base is not None else path.parent
     spec._origin = str(path)
     return spec
+
+
+def _problem(err: Any) -> str:
+    where = ".".join(str(x) for x in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
 
 
 def resolve_tasks(names: list[str], data_root: str | Path | None = None) -> list[TaskSpec]:

@@ -1,0 +1,111 @@
+"""`qzhou eval`: parses arguments and calls the library (`evaluate`, `run_mteb`, `Results.save`, `compare`).
+
+    qzhou eval MODEL --tasks suite|NAME|FILE.yaml|DIR ... [--rules qzhou|qwen3|none] [--out DIR] [--dtype ...]
+    qzhou eval MODEL --mteb "MTEB(eng, v2)" ...            (mteb's data comes from the Hugging Face hub)
+    qzhou eval compare A.json B.json ... [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+EPILOG = """examples:
+  qzhou eval out/my-embedder --tasks suite --out out/eval/mine
+  qzhou eval sentence-transformers/all-MiniLM-L6-v2 --tasks STSBenchmark SICK-R --rules none
+  qzhou eval out/my-embedder --tasks my_tasks/ --rules qwen3
+  qzhou eval out/my-embedder --mteb "MTEB(eng, v2)" --dtype bfloat16
+  qzhou eval compare out/eval/a/results.json out/eval/b --out out/eval/compare
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval", help="MTEB metrics on local YAML tasks or mteb benchmarks; 'eval compare A.json B.json' side by side",
+        description="Evaluate an embedder with MTEB's metrics and protocols, with QZhou's or Qwen3's per-task "
+                    "instructions, and write results.json, results.md and results.png.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model folder, hub id or .gguf file; or 'compare' followed by results files")
+    p.add_argument("files", nargs="*", help="(compare) results.json files, or folders holding one")
+    p.add_argument("--tasks", nargs="+", metavar="TASK",
+                   help="'suite' (every built-in task), built-in names, task YAML files or folders of them")
+    p.add_argument("--mteb", nargs="+", metavar="NAME",
+                   help="mteb benchmarks or tasks, e.g. 'MTEB(eng, v2)' 'MTEB(cmn, v1)' (downloads their data)")
+    p.add_argument("--instructions", default=None, metavar="FILE",
+                   help="(--mteb) YAML/JSON {tasks: {Name: {type, instruction}}} for tasks the built-in tables lack")
+    p.add_argument("--rules", choices=["qzhou", "qwen3", "none"], default="qzhou",
+                   help="which texts get the task instruction: QZhou's or Qwen3's evaluation rules, or none for "
+                        "models trained without instructions (default: qzhou)")
+    p.add_argument("--out", default=None, help="report folder (default: out/eval/<model name>; compare: print only)")
+    p.add_argument("--data-root", default=None,
+                   help="folder the built-in tasks read from (default: $QZHOU_DATA, else ../shared/data)")
+    p.add_argument("--attention", choices=["bidirectional", "causal"], default=None,
+                   help="override the model's attention (e.g. a base LLM as a bidirectional embedder)")
+    p.add_argument("--pooling", choices=["mean", "last", "cls"], default=None, help="override the model's pooling")
+    p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    if a.model == "compare":
+        return cmd_compare(a)
+    if a.files:
+        raise ValueError(f"unexpected argument(s) {' '.join(a.files)}: give tasks with --tasks (several are fine)")
+    if a.instructions and not a.mteb:
+        raise ValueError("--instructions applies to --mteb tasks; local task files carry their own instruction")
+    if not a.tasks and not a.mteb:
+        raise ValueError("nothing to evaluate: add --tasks suite (the built-in suite), --tasks FILE.yaml, "
+                         "or --mteb 'MTEB(eng, v2)'")
+    from qzhou import Embedder
+    from qzhou.evaluation.report import Results, markdown
+    from qzhou.evaluation.runner import evaluate
+
+    if a.tasks:  # find task files before the (slow) model load, so a typo fails at once
+        from qzhou.evaluation.tasks import resolve_tasks
+
+        resolve_tasks(a.tasks, a.data_root)
+    embedder = Embedder.load(a.model, attention=a.attention, pooling=a.pooling, max_length=a.max_length,
+                             dtype=a.dtype, device=a.device)
+    parts: list[Results] = []
+    if a.tasks:
+        parts.append(evaluate(embedder, a.tasks, a.rules, data_root=a.data_root, model_source=a.model))
+    if a.mteb:
+        from qzhou.evaluation.mteb_adapter import run_mteb
+        from qzhou.instructions import load_user_tasks
+
+        extra = load_user_tasks(a.instructions) if a.instructions else None
+        parts.append(run_mteb(embedder, a.mteb, a.rules, out=_out(a), model_source=a.model, extra=extra))
+    results = parts[0]
+    for extra in parts[1:]:
+        results.tasks += extra.tasks
+    paths = results.save(_out(a))
+    print(markdown(results))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def cmd_compare(a: argparse.Namespace) -> None:
+    from qzhou.evaluation.report import Results, compare, plot
+
+    if a.tasks or a.mteb:
+        raise ValueError("eval compare reads results files only; --tasks and --mteb do not apply")
+    if not a.files:
+        raise ValueError("eval compare needs results files: qzhou eval compare A/results.json B/results.json")
+    runs = [Results.load(Path(f) / "results.json" if Path(f).is_dir() else f) for f in a.files]
+    table = compare(runs)
+    print(table)
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(table, encoding="utf-8")
+        plot(runs, out / "compare.png")
+        print(f"wrote {out / 'compare.md'}, {out / 'compare.png'}")
+
+
+def _out(a: argparse.Namespace) -> Path:
+    if a.out:
+        return Path(a.out)
+    name = Path(a.model.rstrip("/")).name or "model"
+    return Path("out") / "eval" / re.sub(r"[^\w.-]+", "_", f"{name}-{a.rules}")

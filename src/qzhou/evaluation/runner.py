@@ -1,0 +1,183 @@
+"""`evaluate(embedder, tasks, rules=...) -> Results`: embed each task's texts with the task's instruction for
+that side and score them with MTEB's protocols (`metrics`).
+
+Every distinct (instruction, text) is embedded once per run, however many pairs, experiments or tasks use it
+(SICK repeats most of its sentences; classification experiments reuse training texts). Retrieval searches small
+corpora exactly with numpy and large ones with faiss (exact inner product, so both give the same ranking).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qzhou.evaluation import metrics
+from qzhou.evaluation.report import Results, TaskResult, describe_model, library_versions
+from qzhou.evaluation.tasks import Corpus, Labeled, LoadedTask, Pairs, TaskSpec, load_task, resolve_tasks
+
+RULES = ("qzhou", "qwen3", "none")
+FAISS_MIN_DOCS = 50_000  # corpora this large go through faiss; smaller ones are one matrix product per query chunk
+MAIN_SCORE = {"STS": "cosine_spearman", "PairClassification": "max_ap", "Classification": "accuracy",
+              "Clustering": "v_measure", "Retrieval": "ndcg_at_10", "Reranking": "map_at_1000"}
+
+
+class EmbeddingCache:
+    """Embeds each distinct (instruction, text) once; later requests reuse the vector."""
+
+    def __init__(self, embedder: Any):
+        self.embedder = embedder
+        self.vectors: dict[tuple[str | None, str], np.ndarray] = {}
+        self.encoded = 0
+
+    def __call__(self, texts: Sequence[str], instruction: str | None) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if (instruction, t) not in self.vectors]
+        if missing:
+            emb = np.asarray(self.embedder.encode(missing, instruction=instruction), dtype=np.float32)
+            if emb.shape[0] != len(missing):
+                raise ValueError(f"the embedder returned {emb.shape[0]} rows for {len(missing)} texts")
+            self.vectors.update(((instruction, t), v) for t, v in zip(missing, emb, strict=True))
+            self.encoded += len(missing)
+        return np.stack([self.vectors[(instruction, t)] for t in texts])
+
+
+def evaluate(embedder: Any, tasks: Sequence[str | Path | TaskSpec | LoadedTask], rules: str = "qzhou", *,
+             data_root: str | Path | None = None, model_source: str | Path | None = None,
+             faiss_min_docs: int = FAISS_MIN_DOCS, log: Callable[[str], None] | None = None) -> Results:
+    """Score `embedder` (anything with `encode(texts, instruction=...)`, rows L2-normalised or not: scores use
+    the cosine) on `tasks`: built-in names, `suite`, YAML files or folders, specs, or loaded tasks.
+
+    `rules`: "qzhou" or "qwen3" (which texts get the task instruction; see `qzhou.instructions`), or "none" for
+    models trained without instructions (all-MiniLM-L6-v2, most BERT-style embedders).
+    """
+    if rules not in RULES:
+        raise ValueError(f"rules must be one of {', '.join(RULES)} (got {rules!r})")
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    items: list[TaskSpec | LoadedTask] = []
+    for t in tasks:
+        items += resolve_tasks([str(t)], data_root) if isinstance(t, (str, Path)) else [t]
+    names = [(t.spec if isinstance(t, LoadedTask) else t).name for t in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a task is given twice ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
+                         "task names must be unique in a run")
+    # read every file first: a bad row in the last task fails before an hour of embedding, not after
+    loaded = [item if isinstance(item, LoadedTask) else load_task(item) for item in items]
+    cache = EmbeddingCache(embedder)
+    out: list[TaskResult] = []
+    for task in loaded:
+        spec = task.spec
+        start, before = time.perf_counter(), cache.encoded
+        scores = SCORERS[spec.type](task, cache, rules, faiss_min_docs)
+        result = TaskResult(
+            name=spec.name, type=spec.type, main_score=MAIN_SCORE[spec.type], scores=scores, size=task.size,
+            split=spec.split, language=spec.language, seconds=round(time.perf_counter() - start, 2),
+            texts_embedded=cache.encoded - before, origin=spec.origin, files=task.files,
+            instructions={side: spec.instruction_for(side, rules) for side in ("query", "document")},
+            protocol=(opts.model_dump() if (opts := spec.protocol_options()) else {}))
+        out.append(result)
+        log(f"{spec.name:<28} {spec.type:<18} {result.main_score} = {100 * result.main:.2f} "
+            f"({result.texts_embedded} texts embedded, {result.seconds:.1f}s)")
+    return Results(model=describe_model(embedder, model_source), rules=rules, versions=library_versions(), tasks=out)
+
+
+# ------------------------------------------------------------------------------------------------ per type
+def _pairs(task: LoadedTask, cache: EmbeddingCache, rules: str, _: int) -> dict[str, float]:
+    """STS and pair classification: both texts of a pair are embedded alike (mteb passes no prompt type)."""
+    data: Pairs = task.data  # type: ignore[assignment]
+    instruction = task.spec.instruction_for("query", rules)
+    a, b = cache(data.text1, instruction), cache(data.text2, instruction)
+    if task.spec.type == "STS":
+        return metrics.sts_scores(a, b, data.values)
+    return metrics.pair_classification_scores(a, b, data.values)
+
+
+def _classification(task: LoadedTask, cache: EmbeddingCache, rules: str, _: int) -> dict[str, float]:
+    data: Labeled = task.data  # type: ignore[assignment]
+    train: Labeled = task.train  # type: ignore[assignment]
+    opts = task.spec.protocol_options()
+    picks = metrics.mteb_undersample(train.labels, opts.n_experiments, opts.samples_per_label, opts.seed)
+    union = sorted(set().union(*picks))  # only the training texts some experiment uses are embedded
+    row = {j: p for p, j in enumerate(union)}
+    instruction = task.spec.instruction_for("query", rules)
+    x_train = cache([train.texts[j] for j in union], instruction)
+    x_test = cache(data.texts, instruction)
+    runs = [metrics.logistic_regression_scores(x_train[[row[j] for j in pick]], [train.labels[j] for j in pick],
+                                               x_test, data.labels, max_iter=opts.max_iter, seed=opts.seed)
+            for pick in picks]
+    return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+
+
+def _clustering(task: LoadedTask, cache: EmbeddingCache, rules: str, _: int) -> dict[str, float]:
+    data: Labeled = task.data  # type: ignore[assignment]
+    opts = task.spec.protocol_options()
+    rng = random.Random(opts.seed)  # one stream for the subset and the bootstrap draws, as mteb's task has
+    subset = metrics.clustering_subset(len(data.texts), opts.max_fraction, opts.max_documents, rng)
+    emb = cache([data.texts[i] for i in subset], task.spec.instruction_for("query", rules))
+    scores = metrics.bootstrap_v_measures(emb, [data.labels[i] for i in subset], rng, n_experiments=opts.n_experiments,
+                                          cluster_size=opts.cluster_size, batch_size=opts.batch_size, seed=opts.seed)
+    return {"v_measure": float(np.mean(scores)), "v_measure_std": float(np.std(scores))}
+
+
+def _retrieval(task: LoadedTask, cache: EmbeddingCache, rules: str, faiss_min_docs: int) -> dict[str, float]:
+    """Queries with a relevant document against the corpus (retrieval) or against their candidates (reranking)."""
+    data: Corpus = task.data  # type: ignore[assignment]
+    qids = list(data.qrels)
+    q = _normalize(cache([data.queries[x] for x in qids], task.spec.instruction_for("query", rules)))
+    doc_instruction = task.spec.instruction_for("document", rules)
+    if data.candidates is None:
+        doc_ids = list(data.docs)
+        d = _normalize(cache([data.docs[x] for x in doc_ids], doc_instruction))
+        run = search(q, d, top_k=max(metrics.K_VALUES), faiss_min_docs=faiss_min_docs)
+        results = {qid: {doc_ids[j]: s for j, s in hits} for qid, hits in zip(qids, run, strict=True)}
+    else:
+        wanted = [x for qid in qids for x in data.candidates[qid]]
+        d = _normalize(cache([data.docs[x] for x in wanted], doc_instruction))
+        row = {x: i for i, x in enumerate(wanted)}
+        results = {}
+        for i, qid in enumerate(qids):
+            cands = data.candidates[qid]
+            sims = d[[row[x] for x in cands]] @ q[i]
+            results[qid] = {x: float(s) for x, s in zip(cands, sims, strict=True)}
+    return metrics.retrieval_scores(results, data.qrels)
+
+
+SCORERS = {"STS": _pairs, "PairClassification": _pairs, "Classification": _classification,
+           "Clustering": _clustering, "Retrieval": _retrieval, "Reranking": _retrieval}
+
+
+# ------------------------------------------------------------------------------------------------ search
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def search(queries: np.ndarray, docs: np.ndarray, top_k: int,
+           faiss_min_docs: int = FAISS_MIN_DOCS) -> list[list[tuple[int, float]]]:
+    """(Q, D), (N, D) normalised float32 -> per query the top_k (doc index, score), best first. Exact either way:
+    numpy over query chunks for small corpora, faiss IndexFlatIP (multi-threaded BLAS + heap) for large ones."""
+    k = min(top_k, docs.shape[0])
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    docs = np.ascontiguousarray(docs, dtype=np.float32)
+    if docs.shape[0] >= faiss_min_docs:
+        try:
+            import faiss
+        except ImportError:
+            raise ImportError("large corpora are searched with faiss: pip install qzhou[eval] (faiss-cpu)") from None
+        index = faiss.IndexFlatIP(docs.shape[1])
+        index.add(docs)
+        scores, idx = index.search(queries, k)  # (Q, k) each, best first
+        return [list(zip(i.tolist(), s.tolist(), strict=True)) for s, i in zip(scores, idx, strict=True)]
+    out = []
+    step = max(1, (1 << 24) // max(1, docs.shape[0]))  # bound the (chunk, N) score matrix to 64 MiB
+    for lo in range(0, queries.shape[0], step):
+        scores = queries[lo:lo + step] @ docs.T  # (chunk, N)
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < docs.shape[0] else np.tile(np.arange(k), (len(scores), 1))
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        for i, s in zip(np.take_along_axis(top, order, 1), np.take_along_axis(top_scores, order, 1), strict=True):
+            out.append(list(zip(i.tolist(), s.tolist(), strict=True)))
+    return out
