@@ -8,7 +8,7 @@ is concurrency / latency; the client keeps up when it gets close to that and its
 small against the latency. A second pass at zero latency shows the ceiling of client + stub on this machine,
 a third uses an LLM-like 500 ms at concurrency 64, and a last one runs the whole job (`synthesize`: prompts,
 checks, SQLite journal, output) at concurrency 64.
-Results go to bench/results-synth.json (and results-synth-demo.json for --demo).
+Results go to bench/results/synth.json (and bench/results/synth-demo.json for --demo).
 """
 
 from __future__ import annotations
@@ -173,11 +173,11 @@ def main() -> None:
     a = p.parse_args()
     if a.demo:
         result = demo(a.docs, Path(a.out))
-        (HERE / "results-synth-demo.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        (HERE / "results" / "synth-demo.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return
     result = throughput(a.latency)
-    (HERE / "results-synth.json").write_text(json.dumps(result, indent=2) + "\n")
+    (HERE / "results" / "synth.json").write_text(json.dumps(result, indent=2) + "\n")
     print("\n| stub latency | concurrency | requests | req/s | ideal | efficiency | client CPU ms/req (cores) "
           "| stub CPU ms/req (cores) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
