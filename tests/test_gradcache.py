@@ -47,7 +47,8 @@ def test_gradcache_equals_plain(embedder, name):
     n_groups, fn = CASES[name]
     B = 6
     groups = [feats(embedder, texts(B * (2 if g == 2 else 1), seed=g)) for g in range(n_groups)]
-    aux = {"pos_keys": torch.arange(B), "neg_keys": torch.arange(B, 3 * B), "scores": torch.rand(B),
+    scores = torch.rand(B, generator=torch.Generator().manual_seed(7))
+    aux = {"pos_keys": torch.arange(B), "neg_keys": torch.arange(B, 3 * B), "scores": scores,
            "labels": torch.tensor([0, 1, 0, 2, 1, 2]), "neg_labels": torch.tensor([1, 2, 0, 1, 1, 0, 0, 2, 2, 0, 1, 1])}
     cfg = LossConfig(tau=0.05)
 
@@ -65,5 +66,5 @@ def test_gradcache_equals_plain(embedder, name):
     embedder.zero_grad()
     loss = gradcache_backward(embed, groups, loss_fn, chunk_size=2)
     assert torch.allclose(loss, plain.detach(), atol=1e-6)
-    for p, g in zip(params, expected):
-        assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-4)
+    for p, g in zip(params, expected):  # fp32: chunked matmuls sum in another order, so relative to the scale
+        torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-5 * float(g.abs().max()) + 1e-7)
