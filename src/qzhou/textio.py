@@ -12,25 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
+from qzhou.data.readers import DataError, decode_lines
+
 READABLE = (".txt", ".jsonl", ".csv", ".tsv", ".parquet")
 WRITABLE = (".npy", ".parquet")
 
 
-class InputError(ValueError):
-    """A bad input row; the message names file, line and field."""
+InputError = DataError  # a bad input row; the message names file, line and field
 
 
 def _decode_lines(path: Path) -> list[str]:
-    lines = path.read_bytes().split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    out = []
-    for n, raw in enumerate(lines, 1):
-        try:
-            out.append(raw.decode("utf-8").removesuffix("\r"))
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path}:{n}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
-    return out
+    return [line for _, line in decode_lines(path)]
 
 
 def _check(text, where: str, field: str | None) -> str:

@@ -19,7 +19,8 @@ class DataError(ValueError):
     """A bad row or file; the message names the file, line and field."""
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def decode_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, streamed; a bad byte is an error naming the line and column."""
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
             try:
@@ -29,7 +30,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def _jsonl(path: Path) -> Iterator[Row]:
-    for n, line in _lines(path):
+    for n, line in decode_lines(path):
         if not line.strip():
             continue  # blank lines separate nothing in JSONL; they carry no row
         try:
@@ -41,7 +42,7 @@ def _jsonl(path: Path) -> Iterator[Row]:
 def _delimited(path: Path, delimiter: str | None, header: bool, columns: list[str] | None, quoting: bool) -> Iterator[Row]:
     delimiter = delimiter or ("," if path.suffix.lower() == ".csv" else "\t")
     csv.field_size_limit(sys.maxsize)
-    text_lines = (line for _, line in _lines(path))
+    text_lines = (line for _, line in decode_lines(path))
     reader = csv.reader(text_lines, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE)
     names = columns
     for values in reader:
@@ -83,7 +84,7 @@ def _hf_folder(path: Path) -> Iterator[Row]:
 
 
 def _parallel(paths: list[Path], columns: list[str]) -> Iterator[Row]:
-    iters = [_lines(p) for p in paths]
+    iters = [decode_lines(p) for p in paths]
     n = 0
     while True:
         items = [next(it, None) for it in iters]

@@ -145,9 +145,8 @@ def load_backbone(
 
     config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=False)
     architecture_kind(config.model_type)
-    for attr in ("auto_map",):
-        if hasattr(config, attr):
-            delattr(config, attr)
+    if hasattr(config, "auto_map"):  # remote code is never followed
+        delattr(config, "auto_map")
     model_cls = AutoModel._model_mapping[type(config)]
     kwargs: dict[str, Any] = {"config": config, "dtype": dtype}
     if attn_implementation:
