@@ -5,6 +5,7 @@ GradCache), and rank 0 writes the loss and the DDP-averaged parameter gradients 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -67,11 +68,18 @@ def main():
                 loss.backward()
             else:
                 loss = gradcache_backward(lambda f: net(f["x"]), groups, loss_fn, chunk_size=2, no_sync=net.no_sync)
-            results[f"{mode}/{name}"] = {"loss": float(loss), "grads": [p.grad.flatten().tolist() for p in net.parameters()]}
+            results[f"{mode}/{name}"] = {"loss": loss.detach().item(), "grads": [p.grad.flatten().tolist() for p in net.parameters()]}
     if rank == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(results, f)
+    dist.barrier()
     dist.destroy_process_group()
+    # Leave without interpreter finalisation: gloo's worker threads may still hold tensors of DDP's async
+    # all-reduce work, and freeing them during teardown aborts the process ("terminate called without an active
+    # exception", pytorch/pytorch#179291). Everything this worker produces is already on disk.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
