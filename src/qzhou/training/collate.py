@@ -35,22 +35,35 @@ class Collator:
         t = self.tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         return {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"]}
 
-    def __call__(self, task: str, records: list[dict[str, Any]], instruction: str | None):
-        """-> (groups, aux): groups are tokenized batches in loss-argument order; aux holds label tensors."""
+    def __call__(self, task: str, records: list[dict[str, Any]], instruction: str | None,
+                 part: slice | None = None):
+        """-> (groups, aux): groups are tokenized batches in loss-argument order; aux holds label tensors.
+
+        `part`: the rows of `records` this process embeds (data parallelism). Random choices (which positive,
+        which negatives) are drawn for every record in the same order whatever `part` is, so the processes
+        together build exactly the batch one process would; retrieval and classification always give three
+        groups (the negatives group may be empty for a process when others have negatives).
+        """
+        part = part or slice(None)
         ins = [r.get("instruction", instruction) for r in records]
         if task == "sts":
-            a = [self._fmt(r["text1"], i) for r, i in zip(records, ins)]
-            b = [self._fmt(r["text2"], i) for r, i in zip(records, ins)]
-            scores = torch.tensor([float(r["score"]) for r in records])
+            mine = list(zip(records, ins))[part]
+            a = [self._fmt(r["text1"], i) for r, i in mine]
+            b = [self._fmt(r["text2"], i) for r, i in mine]
+            scores = torch.tensor([float(r["score"]) for r, _ in mine])
             return [self._tok(a, self.plen), self._tok(b, self.plen)], {"scores": scores}
-        queries = [self._fmt(r["query"], i) for r, i in zip(records, ins)]
         symmetric = task == "classification"
-        pos, neg, neg_labels = [], [], []
-        for r, i in zip(records, ins):
-            pos.append(self._fmt(self.rng.choice(r["pos"]), i if symmetric else None))
+        drawn = []  # (positive, [negative indices]) per record, for all records
+        for r in records:
+            positive = self.rng.choice(r["pos"])
             picks = list(range(len(r.get("neg", []))))
             self.rng.shuffle(picks)
-            for j in picks[:self.k]:
+            drawn.append((positive, picks[:self.k]))
+        queries, pos, neg, neg_labels = [], [], [], []
+        for r, i, (positive, picks) in list(zip(records, ins, drawn))[part]:
+            queries.append(self._fmt(r["query"], i))
+            pos.append(self._fmt(positive, i if symmetric else None))
+            for j in picks:
                 neg.append(self._fmt(r["neg"][j], i if symmetric else None))
                 if symmetric:
                     neg_labels.append(r["neg_labels"][j])
@@ -58,6 +71,7 @@ class Collator:
         empty = {"input_ids": torch.zeros(0, 1, dtype=torch.long), "attention_mask": torch.zeros(0, 1, dtype=torch.long)}
         groups.append(self._tok(neg, self.plen) if neg else empty)
         if symmetric:
-            return groups, {"labels": torch.tensor([r["label"] for r in records]), "neg_labels": torch.tensor(neg_labels, dtype=torch.long)}
+            return groups, {"labels": torch.tensor([r["label"] for r, _ in list(zip(records, ins))[part]]),
+                            "neg_labels": torch.tensor(neg_labels, dtype=torch.long)}
         return groups, {"pos_keys": torch.tensor([text_key(t) for t in pos]),
                         "neg_keys": torch.tensor([text_key(t) for t in neg], dtype=torch.long)}

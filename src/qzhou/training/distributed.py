@@ -16,19 +16,36 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def _sizes(n: int) -> list[int]:
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long))
+    return [int(s) for s in sizes]
+
+
+def _padded(x: torch.Tensor, rows: int) -> torch.Tensor:
+    if x.shape[0] == rows:
+        return x.contiguous()
+    return torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))]).contiguous()
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
-    """(b, ...) local rows -> (world·b, ...) rows of all ranks in rank order, differentiable."""
+    """(b, ...) local rows -> (Σ b_r, ...) rows of all ranks in rank order, differentiable. Ranks may hold
+    different numbers of rows (a process whose records have fewer hard negatives): rows are padded to the
+    largest count for the collective and the padding is cut off again (it gets no gradient)."""
     if world_size() == 1:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    sizes = _sizes(x.shape[0])
+    parts = all_gather(_padded(x, max(sizes)))
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)], dim=0)
 
 
 def gather_labels(x: torch.Tensor) -> torch.Tensor:
     """The same for tensors without gradients (labels, text ids)."""
     if world_size() == 1:
         return x
-    out = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out, dim=0)
+    sizes = _sizes(x.shape[0])
+    out = [x.new_empty((max(sizes), *x.shape[1:])) for _ in range(world_size())]
+    dist.all_gather(out, _padded(x, max(sizes)))
+    return torch.cat([p[:n] for p, n in zip(out, sizes)], dim=0)

@@ -44,7 +44,7 @@ def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequen
     `groups`: tokenized batches (e.g. queries, positives, negatives), each split into `chunk_size` rows.
     `no_sync`: DDP's `model.no_sync` so that only the last chunk's backward all-reduces.
     """
-    cached: list[torch.Tensor] = []
+    cached: list[torch.Tensor | None] = []
     states: list[list[tuple[Features, RandState]]] = []
     with torch.no_grad():
         for group in groups:
@@ -54,10 +54,12 @@ def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequen
                 embs.append(embed(chunk))
                 parts.append((chunk, state))
             states.append(parts)
-            cached.append(torch.cat(embs).detach().requires_grad_())
+            cached.append(torch.cat(embs).detach().requires_grad_() if embs else None)
+    ref = next(c for c in cached if c is not None)  # an empty group (no rows here) becomes a (0, dim) tensor
+    cached = [c if c is not None else ref.new_zeros((0, ref.shape[-1])).requires_grad_() for c in cached]
     loss = loss_fn(*cached)
     loss.backward()
-    jobs = [(chunk, state, grad) for parts, rep in zip(states, cached)
+    jobs = [(chunk, state, grad) for parts, rep in zip(states, cached) if parts
             for (chunk, state), grad in zip(parts, rep.grad.split(chunk_size))]
     for i, (chunk, state, grad) in enumerate(jobs):
         sync = nullcontext() if (no_sync is None or i == len(jobs) - 1) else no_sync()

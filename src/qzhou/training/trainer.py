@@ -14,8 +14,10 @@ last good checkpoint stays.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +126,12 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16-mixed" else "no")
+    # Several processes on a machine without GPUs (torchrun / accelerate launch on CPU): DDP over gloo
+    cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # step_scheduler_with_optimizer=False: a step here is one global batch, so the schedule advances once per
+    # step (accelerate would otherwise advance it once per process and decay N times too fast)
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16-mixed" else "no", cpu=cpu_ddp,
+                              step_scheduler_with_optimizer=False)
     stage_dir.mkdir(parents=True, exist_ok=True)
     specs = {d.name: d for d in cfg.datasets}
     datasets = [specs[n] for n in stage.datasets]
@@ -140,9 +147,14 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
                         cfg.hard_negatives, seed=cfg.seed)
     keys = [texts_of(r)[:2] for recs in records for r in recs]  # no repeated query / first positive in a batch
     offsets = np.cumsum([0] + [len(r) for r in records])
+    world, rank = accelerator.num_processes, accelerator.process_index
+    for d, recs in zip(datasets, records):
+        if len(recs) < world:
+            raise DataError(f"{d.path}: {len(recs)} records for {world} processes; every process needs one")
+    # Every process draws the same global batch (batch size per process × processes) and embeds its own slice.
     sampler = MultiTaskBatchSampler(
         [len(r) for r in records], [d.task for d in datasets],
-        [d.batch_size or cfg.batch_size[d.task] for d in datasets], alpha=cfg.alpha,
+        [(d.batch_size or cfg.batch_size[d.task]) * world for d in datasets], alpha=cfg.alpha,
         retrieval_share=stage.retrieval_share, seed=cfg.seed, keys=lambda d, i: keys[offsets[d] + i])
     params = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
@@ -168,12 +180,19 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
     def embed(f):
         return model(f["input_ids"].to(device), f["attention_mask"].to(device))
 
+    def embed_all(groups):
+        out = [embed(g) if g["input_ids"].shape[0] else None for g in groups]
+        ref = next(e for e in out if e is not None)  # a group with no rows here: a (0, dim) tensor
+        return [e if e is not None else ref.new_zeros((0, ref.shape[-1])) for e in out]
+
     bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=not accelerator.is_main_process)
     while step < stage.steps:
+        started = time.perf_counter()
         d, rows = sampler.next_batch()
         spec = datasets[d]
-        groups, aux = collator(spec.task, [records[d][i] for i in rows], spec.instruction)
-        groups = [g for g in groups if g["input_ids"].shape[0] > 0]
+        bounds = np.linspace(0, len(rows), world + 1).round().astype(int)
+        groups, aux = collator(spec.task, [records[d][i] for i in rows], spec.instruction,
+                               part=slice(bounds[rank], bounds[rank + 1]))
         aux = {k: v.to(device) for k, v in aux.items()}
 
         def loss_fn(*embs, task=spec.task, aux=aux):
@@ -187,7 +206,7 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
             if cfg.chunk_size:
                 loss = gradcache_backward(embed, groups, loss_fn, cfg.chunk_size, no_sync=lambda: accelerator.no_sync(model))
             else:
-                loss = loss_fn(*[embed(g) for g in groups])
+                loss = loss_fn(*embed_all(groups))
                 accelerator.backward(loss)
         if not torch.isfinite(loss):
             last = _latest_checkpoint(stage_dir)
@@ -199,7 +218,11 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        losses.append({"step": step, "task": spec.task, "dataset": spec.name, "loss": round(loss.item(), 5)})
+        tokens = int(sum(int(g["attention_mask"].sum()) for g in groups))  # real tokens, all processes
+        if world > 1:
+            tokens = int(accelerator.reduce(torch.tensor([tokens], device=device), reduction="sum").item())
+        losses.append({"step": step, "task": spec.task, "dataset": spec.name, "loss": round(loss.item(), 5),
+                       "tokens": tokens, "seconds": round(time.perf_counter() - started, 4)})
         if writer:
             writer.add_scalar(f"loss/{spec.task}", loss.item(), step)
             writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
