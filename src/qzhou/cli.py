@@ -54,7 +54,7 @@ def cmd_info(a: argparse.Namespace) -> None:
 def cmd_quickstart(a: argparse.Namespace) -> None:
     from qzhou.quickstart import run
 
-    run(Path(a.out), dtype=a.dtype, k=a.k)
+    run(Path(a.out), dtype=a.dtype, device=a.device, k=a.k, train=not a.no_train, overrides=a.set or [])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,10 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_args(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("quickstart", help="the main job on the bundled default model (SmolLM2-135M)")
+    p = sub.add_parser("quickstart", help="the main job: SmolLM2-135M made an embedder, evaluated, trained with "
+                       "configs/quickstart-cpu.yaml, evaluated again and searched")
     p.add_argument("--out", default="out/quickstart")
-    p.add_argument("-k", type=int, default=3)
+    p.add_argument("-k", type=int, default=3, help="hits shown per query")
+    p.add_argument("--no-train", action="store_true", help="only the untrained embedder (seconds, not minutes)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the quickstart recipe")
     _add_load_args(p)
+    p.set_defaults(dtype="float32")  # an untrained bidirectional conversion is fragile in bf16 (README, Speed)
     p.set_defaults(func=cmd_quickstart)
     for module in FEATURE_CLIS:
         importlib.import_module(module).add_parser(sub)

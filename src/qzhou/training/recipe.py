@@ -55,7 +55,7 @@ class TrainConfig(Strict):
     stages: list[StageSpec]
     output_dir: Path = Path("out/train")
     seed: int = 0
-    precision: Literal["fp32", "bf16-mixed"] = "fp32"
+    precision: Literal["fp32", "bf16-mixed", "auto"] = "fp32"  # auto: bf16 autocast on GPUs / CPUs with native bf16
     retrieval_loss: Literal["qzhou", "qwen3"] = "qzhou"
     tau: float = 0.02
     cosent_tau: float = 0.05
@@ -116,7 +116,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         cfg = TrainConfig(**raw)
     except ValidationError as e:
         raise ValueError(f"{path}: {e}") from None
-    for d in cfg.datasets:
+    for d in cfg.datasets:  # relative to the recipe file (the real one, if `path` is a symlink)
         if not d.path.is_absolute():
-            d.path = (path.parent / d.path).resolve()
+            d.path = (path.resolve().parent / d.path).resolve()
     return cfg

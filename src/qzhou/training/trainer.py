@@ -121,8 +121,20 @@ def plot_losses(losses: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def use_bf16(precision: str) -> bool:
+    """bf16 autocast for "bf16-mixed", and for "auto" on GPUs with bf16 and on CPUs with native bf16 (AVX512-BF16 /
+    AMX), where it is about 2.5x faster than fp32; fp32 elsewhere (emulated bf16 is slower than fp32)."""
+    if precision != "auto":
+        return precision == "bf16-mixed"
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    from qzhou.modeling.runtime import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
 def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, stage_dir: Path) -> Path:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedType
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
@@ -130,8 +142,12 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
     cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     # step_scheduler_with_optimizer=False: a step here is one global batch, so the schedule advances once per
     # step (accelerate would otherwise advance it once per process and decay N times too fast)
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16-mixed" else "no", cpu=cpu_ddp,
+    accelerator = Accelerator(mixed_precision="bf16" if use_bf16(cfg.precision) else "no", cpu=cpu_ddp,
                               step_scheduler_with_optimizer=False)
+    if cfg.chunk_size and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise TrainingError("GradCache (chunk_size) does not run under DeepSpeed yet: accelerate's DeepSpeed backward "
+                            "steps the engine after every chunk. Use FSDP (configs/accelerate/fsdp.yaml) or DDP for "
+                            "GradCache, or set chunk_size: null under DeepSpeed.")
     stage_dir.mkdir(parents=True, exist_ok=True)
     specs = {d.name: d for d in cfg.datasets}
     datasets = [specs[n] for n in stage.datasets]

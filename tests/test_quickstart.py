@@ -1,0 +1,62 @@
+"""`qzhou quickstart` end to end on a tiny model standing in for SmolLM2: evaluate, train with the shipped
+quickstart recipe (shortened), evaluate again, report and picture."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from qzhou import Embedder, quickstart
+from qzhou.cli import main
+
+
+@pytest.fixture
+def tiny_default(monkeypatch, base_dirs):
+    import qzhou.default_model
+
+    monkeypatch.setattr(qzhou.default_model, "smollm2_folder", lambda: base_dirs["llama"])
+    monkeypatch.setattr(quickstart, "smollm2_folder", lambda: base_dirs["llama"])
+
+
+def test_sample_task_is_judged_and_unseen():
+    corpus, queries = quickstart.sample_task()
+    ids = {c["id"] for c in corpus}
+    assert len(queries) >= 16 and all(set(q["relevant"]) <= ids and q["relevant"] for q in queries)
+    train_queries = {json.loads(x)["query"] for x in quickstart.resource("quickstart/retrieval.jsonl").read_text().splitlines()}
+    assert not train_queries & {q["query"] for q in queries}
+
+
+def test_quickstart_trains_evaluates_and_searches(tmp_path, tiny_default):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--set", "stages.0.steps=2", "--set", "stages.1.steps=2"]) == 0
+    report = json.loads((out / "quickstart.json").read_text())
+    assert (out / "quickstart.png").stat().st_size > 1000
+    assert (out / "train" / "stage2-all-tasks" / "final" / "modules.json").is_file()
+    for key in ("before", "after"):
+        result = report[key]
+        searches = result["searches"]
+        assert len(searches) == len(quickstart.sample_task()[1])
+        for s in searches:
+            scores = [h["score"] for h in s["hits"]]
+            assert scores == sorted(scores, reverse=True) and len(scores) == 3
+        # top-1 from the printed hits, independently of the metric code
+        top1 = 100 * sum(s["hits"][0]["id"] in s["relevant"] for s in searches) / len(searches)
+        assert result["scores"]["top-1"] == pytest.approx(top1, abs=0.01)
+        # MRR from the shown top-3 (a relevant passage ranked lower adds at most 1/4), one relevant passage each
+        ranks = [next((r for r, h in enumerate(s["hits"], 1) if h["id"] in s["relevant"]), None) for s in searches]
+        known = sum(1 / r for r in ranks if r) / len(ranks)
+        unseen = sum(r is None for r in ranks) / len(ranks)
+        assert 100 * known - 0.01 <= result["scores"]["MRR@10"] <= 100 * (known + unseen / 4) + 0.01
+        assert result["scores"]["top-1"] <= result["scores"]["MRR@10"] <= result["scores"]["nDCG@10"] + 0.01
+    trained = Embedder.load(report["train"]["model"], dtype="float32")
+    base = Embedder.load(quickstart.smollm2_folder(), dtype="float32")
+    assert any(not torch.equal(a, b) for a, b in zip(trained.backbone.parameters(), base.backbone.parameters()))
+
+
+def test_quickstart_without_training(tmp_path, tiny_default):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--no-train"]) == 0
+    report = json.loads((out / "quickstart.json").read_text())
+    assert set(report) == {"before"} and (out / "quickstart.png").is_file()
