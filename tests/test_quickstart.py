@@ -24,13 +24,21 @@ def test_sample_task_is_judged_and_unseen():
     corpus, queries = quickstart.sample_task()
     ids = {c["id"] for c in corpus}
     assert len(queries) >= 16 and all(set(q["relevant"]) <= ids and q["relevant"] for q in queries)
-    train_queries = {json.loads(x)["query"] for x in quickstart.resource("quickstart/retrieval.jsonl").read_text().splitlines()}
-    assert not train_queries & {q["query"] for q in queries}
+    train_texts = set()
+    for name in ("retrieval", "sts", "classification"):
+        for line in quickstart.resource(f"quickstart/{name}.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            for key in ("query", "text", "text1", "text2", "pos", "neg"):
+                value = row.get(key, [])
+                train_texts.update([value] if isinstance(value, str) else value)
+    assert len(train_texts) > 100
+    assert not train_texts & ({q["query"] for q in queries} | {c["text"] for c in corpus})
 
 
 def test_quickstart_trains_evaluates_and_searches(tmp_path, tiny_default):
     out = tmp_path / "qs"
-    assert main(["quickstart", "--out", str(out), "--set", "stages.0.steps=2", "--set", "stages.1.steps=2"]) == 0
+    assert main(["quickstart", "--out", str(out), "--set", "stages.0.steps=2", "--set", "stages.1.steps=2",
+                 "--set", "precision=fp32"]) == 0
     report = json.loads((out / "quickstart.json").read_text())
     assert (out / "quickstart.png").stat().st_size > 1000
     assert (out / "train" / "stage2-all-tasks" / "final" / "modules.json").is_file()
@@ -50,6 +58,9 @@ def test_quickstart_trains_evaluates_and_searches(tmp_path, tiny_default):
         unseen = sum(r is None for r in ranks) / len(ranks)
         assert 100 * known - 0.01 <= result["scores"]["MRR@10"] <= 100 * (known + unseen / 4) + 0.01
         assert result["scores"]["top-1"] <= result["scores"]["MRR@10"] <= result["scores"]["nDCG@10"] + 0.01
+    # the second evaluation is of the trained model: other weights, other scores
+    assert [h["score"] for s in report["before"]["searches"] for h in s["hits"]] != \
+        [h["score"] for s in report["after"]["searches"] for h in s["hits"]]
     trained = Embedder.load(report["train"]["model"], dtype="float32")
     base = Embedder.load(quickstart.smollm2_folder(), dtype="float32")
     assert any(not torch.equal(a, b) for a, b in zip(trained.backbone.parameters(), base.backbone.parameters()))

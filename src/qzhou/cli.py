@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # user errors get one line; a TrainingError (NaN loss, ...) is one too
+        if not isinstance(e, (FileNotFoundError, ValueError, KeyError, TypeError)) and type(e).__name__ != "TrainingError":
+            raise
         print(f"qzhou {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -100,6 +101,8 @@ def run(out: Path, dtype: str = "float32", device: str | None = None, k: int = 3
     before = evaluate(untrained, k)
     del untrained
     report: dict = {"before": before}
+    report_file = out / "quickstart.json"
+    report_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     after = None
     if train:
         from qzhou.training.recipe import load_recipe
@@ -107,6 +110,9 @@ def run(out: Path, dtype: str = "float32", device: str | None = None, k: int = 3
 
         cfg = load_recipe(recipe_file(), overrides or [])
         cfg.output_dir = out / "train"
+        if cfg.output_dir.exists():  # a rerun trains afresh (the trainer would otherwise resume or skip stages)
+            print(f"removing the previous run's {cfg.output_dir}")
+            shutil.rmtree(cfg.output_dir)
         print(f"\ntraining: {recipe_file().name}, "
               + ", ".join(f"{s.name} {s.steps} steps" for s in cfg.stages) + f" -> {cfg.output_dir}")
         started = time.perf_counter()
@@ -121,7 +127,7 @@ def run(out: Path, dtype: str = "float32", device: str | None = None, k: int = 3
             print(f"| {label} | " + " | ".join(f"{result['scores'][n]:.1f}" for n in METRICS) + " |")
     print_searches(after or before)
     plot(before, after, out / "quickstart.png")
-    (out / "quickstart.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"\nreport: {out / 'quickstart.json'}, picture: {out / 'quickstart.png'}"
+    report_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"\nreport: {report_file}, picture: {out / 'quickstart.png'}"
           + (f", model: {report['train']['model']}" if train else ""))
     return report

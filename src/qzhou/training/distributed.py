@@ -16,9 +16,9 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _sizes(n: int) -> list[int]:
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long))
+def _sizes(n: int, device: torch.device) -> list[int]:
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]  # NCCL: on the GPU
+    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
     return [int(s) for s in sizes]
 
 
@@ -36,7 +36,7 @@ def gather(x: torch.Tensor) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    sizes = _sizes(x.shape[0])
+    sizes = _sizes(x.shape[0], x.device)
     parts = all_gather(_padded(x, max(sizes)))
     return torch.cat([p[:n] for p, n in zip(parts, sizes)], dim=0)
 
@@ -45,7 +45,7 @@ def gather_labels(x: torch.Tensor) -> torch.Tensor:
     """The same for tensors without gradients (labels, text ids)."""
     if world_size() == 1:
         return x
-    sizes = _sizes(x.shape[0])
+    sizes = _sizes(x.shape[0], x.device)
     out = [x.new_empty((max(sizes), *x.shape[1:])) for _ in range(world_size())]
     dist.all_gather(out, _padded(x, max(sizes)))
     return torch.cat([p[:n] for p, n in zip(out, sizes)], dim=0)

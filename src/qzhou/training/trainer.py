@@ -188,24 +188,30 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
         _set_rng_state(state["rng"])
         step, losses = state["step"], state["losses"]
         accelerator.print(f"resuming {stage.name} from {resume} (step {step})")
-    (stage_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    if accelerator.is_main_process:
+        (stage_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
     loss_cfg = LossConfig(retrieval=cfg.retrieval_loss, tau=cfg.tau, cosent_tau=cfg.cosent_tau, margin=cfg.margin)
-    writer = _tensorboard(stage_dir)
+    writer = _tensorboard(stage_dir) if accelerator.is_main_process else None
     device = accelerator.device
 
     def embed(f):
         return model(f["input_ids"].to(device), f["attention_mask"].to(device))
 
     def embed_all(groups):
-        out = [embed(g) if g["input_ids"].shape[0] else None for g in groups]
-        ref = next(e for e in out if e is not None)  # a group with no rows here: a (0, dim) tensor
-        return [e if e is not None else ref.new_zeros((0, ref.shape[-1])) for e in out]
+        # A group with no rows in this process (its records have no hard negatives while another process's do) is
+        # embedded as one row of the first group cut to zero rows: it stays in the graph, so every process runs
+        # the same forwards (DDP's buffer broadcasts) and the same gather collectives in backward.
+        return [embed(g) if g["input_ids"].shape[0] else embed({k: v[:1] for k, v in groups[0].items()})[:0]
+                for g in groups]
 
     bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=not accelerator.is_main_process)
     while step < stage.steps:
         started = time.perf_counter()
         d, rows = sampler.next_batch()
         spec = datasets[d]
+        if len(rows) < world:  # every process sees the same rows, so all of them stop here together
+            raise DataError(f"{spec.path}: a batch of {len(rows)} distinct rows for {world} processes (rows repeat "
+                            f"texts); every process needs one: add data or lower the process count")
         bounds = np.linspace(0, len(rows), world + 1).round().astype(int)
         groups, aux = collator(spec.task, [records[d][i] for i in rows], spec.instruction,
                                part=slice(bounds[rank], bounds[rank + 1]))
@@ -228,8 +234,7 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
             last = _latest_checkpoint(stage_dir)
             raise TrainingError(f"{stage.name}: loss is {loss.item()} at step {step + 1} (dataset {spec.name!r}); "
                                 f"last good checkpoint: {last or 'none'}. Lower the learning rate or check the data.")
-        if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))  # inf: measure only
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -238,7 +243,8 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
         if world > 1:
             tokens = int(accelerator.reduce(torch.tensor([tokens], device=device), reduction="sum").item())
         losses.append({"step": step, "task": spec.task, "dataset": spec.name, "loss": round(loss.item(), 5),
-                       "tokens": tokens, "seconds": round(time.perf_counter() - started, 4)})
+                       "tokens": tokens, "seconds": round(time.perf_counter() - started, 4),
+                       "grad_norm": None if norm is None else round(float(norm), 6)})
         if writer:
             writer.add_scalar(f"loss/{spec.task}", loss.item(), step)
             writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
@@ -301,5 +307,6 @@ def train(cfg: TrainConfig) -> Path:
             source = str(stage_dir / "final")
             continue
         source = str(train_stage(cfg, stage, source, i == 0, stage_dir))
-        (stage_dir / "DONE").write_text("ok\n")
+        if int(os.environ.get("RANK", "0")) == 0:
+            (stage_dir / "DONE").write_text("ok\n")
     return Path(source)
