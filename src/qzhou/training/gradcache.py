@@ -4,7 +4,8 @@
 2. compute the loss on the detached full-batch embeddings and backpropagate to them only;
 3. re-embed each chunk with a graph and backpropagate the cached embedding gradients into the model.
 
-Peak activation memory is that of one chunk; the extra cost is one more forward pass. Parameter gradients
+Peak activation memory is that of one chunk; the extra cost is one more forward pass (less the last chunk, whose
+graph from step 1 is kept in a single process). Parameter gradients
 equal those of the plain full-batch computation (tests/test_gradcache.py).
 """
 
@@ -46,15 +47,26 @@ def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequen
     """
     cached: list[torch.Tensor | None] = []
     states: list[list[tuple[Features, RandState]]] = []
-    with torch.no_grad():
-        for group in groups:
-            parts, embs = [], []
-            for chunk in _chunks(group, chunk_size):
-                state = RandState()
-                embs.append(embed(chunk))
-                parts.append((chunk, state))
-            states.append(parts)
-            cached.append(torch.cat(embs).detach().requires_grad_() if embs else None)
+    chunked = [_chunks(group, chunk_size) for group in groups]
+    last = max((g for g, chunks in enumerate(chunked) if chunks), default=None)
+    # Single process: the very last chunk keeps its graph from the first pass, so it is not embedded twice (its
+    # backward comes last anyway). Under DDP every graph-building forward must pair with a synced backward, so
+    # there every chunk is re-embedded.
+    keep = no_sync is None
+    kept: torch.Tensor | None = None
+    for g, chunks in enumerate(chunked):
+        parts, embs = [], []
+        for c, chunk in enumerate(chunks):
+            state = RandState()
+            if keep and g == last and c == len(chunks) - 1:
+                kept = embed(chunk)
+                embs.append(kept.detach())
+            else:
+                with torch.no_grad():
+                    embs.append(embed(chunk))
+            parts.append((chunk, state))
+        states.append(parts)
+        cached.append(torch.cat(embs).detach().requires_grad_() if embs else None)
     ref = next(c for c in cached if c is not None)  # an empty group (no rows here) becomes a (0, dim) tensor
     cached = [c if c is not None else ref.new_zeros((0, ref.shape[-1])).requires_grad_() for c in cached]
     loss = loss_fn(*cached)
@@ -62,6 +74,9 @@ def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequen
     jobs = [(chunk, state, grad) for parts, rep in zip(states, cached) if parts
             for (chunk, state), grad in zip(parts, rep.grad.split(chunk_size))]
     for i, (chunk, state, grad) in enumerate(jobs):
+        if kept is not None and i == len(jobs) - 1:
+            kept.backward(grad)
+            break
         sync = nullcontext() if (no_sync is None or i == len(jobs) - 1) else no_sync()
         with sync:
             current = RandState()
