@@ -7,13 +7,12 @@ Each row is `LABEL=RESULTS[,RESULTS...]`: results.json files (or folders holding
 several files per row are merged (e.g. a before-run whose CISI was evaluated separately). The row named by
 --candidate is checked against the row named by --baseline.
 
-Run (after the evaluations, see README "Training"):
-  python bench/quality_cpu.py \
-    "all-MiniLM-L6-v2=bench/results/eval-minilm.json" \
-    "SmolLM2 untrained (bidir, mean)=out/eval/smollm2,out/eval/before-bidir-cisi" \
-    "SmolLM2 bench-cpu (bidir, mean)=out/eval/after-bidir" \
-    "SmolLM2 untrained (causal, last)=out/eval/before-causal" \
-    "SmolLM2 bench-cpu (causal, last)=out/eval/after-causal" \
+Run (after the evaluations; `qzhou eval ... --out out/eval/NAME` writes each results.json, copied to bench/results/):
+  R=bench/results; python bench/quality_cpu.py "all-MiniLM-L6-v2=$R/eval-minilm.json" \
+    "SmolLM2 untrained (bidir, mean)=$R/eval-smollm2-untrained-bidir.json,$R/eval-smollm2-untrained-bidir-cisi.json" \
+    "SmolLM2 bench-cpu (bidir, mean)=$R/eval-smollm2-bench-cpu-bidir.json" \
+    "SmolLM2 untrained (causal, last)=$R/eval-smollm2-untrained-causal.json" \
+    "SmolLM2 bench-cpu (causal, last)=$R/eval-smollm2-bench-cpu-causal.json" \
     --baseline all-MiniLM-L6-v2 --candidate "SmolLM2 bench-cpu (bidir, mean)"
 """
 
