@@ -71,7 +71,7 @@ class Collator:
         empty = {"input_ids": torch.zeros(0, 1, dtype=torch.long), "attention_mask": torch.zeros(0, 1, dtype=torch.long)}
         groups.append(self._tok(neg, self.plen) if neg else empty)
         if symmetric:
-            return groups, {"labels": torch.tensor([r["label"] for r, _ in list(zip(records, ins))[part]]),
+            return groups, {"labels": torch.tensor([r["label"] for r in records[part]]),
                             "neg_labels": torch.tensor(neg_labels, dtype=torch.long)}
         return groups, {"pos_keys": torch.tensor([text_key(t) for t in pos]),
                         "neg_keys": torch.tensor([text_key(t) for t in neg], dtype=torch.long)}
