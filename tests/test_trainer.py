@@ -80,17 +80,17 @@ def test_exact_resume_after_interruption(tmp_path, base_dirs, monkeypatch):
     expected = weights(straight)
 
     path_b = recipe(tmp_path / "b", base_dirs["qwen2"], checkpoint_every=2)
-    real = trainer_mod._checkpoint
+    real = trainer_mod.write_checkpoint
 
-    def interrupt(stage_dir, step, *args, **kwargs):
-        real(stage_dir, step, *args, **kwargs)
+    def interrupt(accelerator, model, stage_dir, step, *args, **kwargs):
+        real(accelerator, model, stage_dir, step, *args, **kwargs)
         if stage_dir.name == "stage2" and step == 2:
             raise KeyboardInterrupt("simulated kill")
 
-    monkeypatch.setattr(trainer_mod, "_checkpoint", interrupt)
+    monkeypatch.setattr(trainer_mod, "write_checkpoint", interrupt)
     with pytest.raises(KeyboardInterrupt):
         train(load_recipe(path_b))
-    monkeypatch.setattr(trainer_mod, "_checkpoint", real)
+    monkeypatch.setattr(trainer_mod, "write_checkpoint", real)
     resumed = train(load_recipe(path_b))
     assert torch.allclose(weights(resumed), expected, atol=1e-6)
 

@@ -65,13 +65,19 @@ class Embedder(nn.Module):
         tokenizer = loading.load_tokenizer(folder, gguf_file)
         return cls(backbone.to(device), tokenizer, config)
 
-    def save(self, folder: str | Path) -> Path:
-        """Save in the sentence-transformers layout (see `st_format`), with qzhou_config.json beside it."""
+    def save(self, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Save in the sentence-transformers layout (see `st_format`), with qzhou_config.json beside it.
+        `state_dict`: the backbone's full weights where the module holds only a shard (FSDP, DeepSpeed ZeRO-3)."""
         from qzhou.modeling.st_format import save_folder
 
-        return save_folder(folder, self.backbone, self.tokenizer, self.config)
+        return save_folder(folder, self.backbone, self.tokenizer, self.config, state_dict)
 
     # ---------------------------------------------------------------- properties
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The backbone's layer classes: FSDP's transformer auto-wrap policy (accelerate) reads them here."""
+        return getattr(self.backbone, "_no_split_modules", None)
+
     @property
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device

@@ -31,7 +31,7 @@ def _write(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def save_folder(folder: str | Path, backbone, tokenizer, config: EmbedderConfig) -> Path:
+def save_folder(folder: str | Path, backbone, tokenizer, config: EmbedderConfig, state_dict=None) -> Path:
     import sentence_transformers
     import torch
     import transformers
@@ -39,7 +39,7 @@ def save_folder(folder: str | Path, backbone, tokenizer, config: EmbedderConfig)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.model_max_length = config.max_length
-    backbone.save_pretrained(folder)
+    backbone.save_pretrained(folder, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
     tok_cfg = folder / "tokenizer_config.json"  # transformers 5 does not write padding_side; readers need it
     data = json.loads(tok_cfg.read_text(encoding="utf-8"))

@@ -39,12 +39,20 @@ def _chunks(features: Features, size: int) -> list[Features]:
 
 def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequence[Features],
                        loss_fn: Callable[..., torch.Tensor], chunk_size: int,
-                       no_sync: Callable[[], object] | None = None) -> torch.Tensor:
+                       no_sync: Callable[[], object] | None = None,
+                       backward: Callable[[torch.Tensor, torch.Tensor, bool], None] | None = None) -> torch.Tensor:
     """Accumulate into the model's .grad the gradient of `loss_fn(*embeddings of groups)`; returns the loss.
 
     `groups`: tokenized batches (e.g. queries, positives, negatives), each split into `chunk_size` rows.
     `no_sync`: DDP's `model.no_sync` so that only the last chunk's backward all-reduces.
+    `backward(embeddings, grad, last)`: how a chunk's cached gradient enters the model, where an engine owns
+    backward (DeepSpeed: `engine.backward` with the accumulation boundary at the last chunk); default
+    `embeddings.backward(grad)`.
     """
+    if backward is None:
+        def backward(emb: torch.Tensor, grad: torch.Tensor, last: bool) -> None:
+            emb.backward(grad)
+
     cached: list[torch.Tensor | None] = []
     states: list[list[tuple[Features, RandState]]] = []
     chunked = [_chunks(group, chunk_size) for group in groups]
@@ -75,7 +83,7 @@ def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequen
             for (chunk, state), grad in zip(parts, rep.grad.split(chunk_size))]
     for i, (chunk, state, grad) in enumerate(jobs):
         if kept is not None and i == len(jobs) - 1:
-            kept.backward(grad)
+            backward(kept, grad, True)
             break
         sync = nullcontext() if (no_sync is None or i == len(jobs) - 1) else no_sync()
         with sync:
@@ -83,5 +91,5 @@ def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequen
             state.restore()
             emb = embed(chunk)
             current.restore()
-            emb.backward(grad)
+            backward(emb, grad, i == len(jobs) - 1)
     return loss.detach()

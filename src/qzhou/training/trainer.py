@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -32,6 +31,14 @@ from qzhou.training.collate import Collator
 from qzhou.training.gradcache import gradcache_backward
 from qzhou.training.objectives import LossConfig, classification_loss, retrieval_loss, sts_loss
 from qzhou.training.recipe import StageSpec, TrainConfig
+from qzhou.training.saving import (
+    engine_shards,
+    gathered_state,
+    latest_checkpoint,
+    save_embedder,
+    set_rng_state,
+    write_checkpoint,
+)
 
 
 class TrainingError(RuntimeError):
@@ -71,31 +78,6 @@ def build_embedder(cfg: TrainConfig, source: str, first: bool) -> Embedder:
                                                            lora_dropout=cfg.lora.dropout,
                                                            target_modules=cfg.lora.target_modules))
     return e
-
-
-def save_embedder(e: Embedder, folder: Path, cfg: TrainConfig) -> Path:
-    backbone = e.backbone
-    if cfg.lora is not None and cfg.lora.merge_on_save:
-        import copy
-
-        merged = copy.deepcopy(backbone).merge_and_unload()
-        return Embedder(merged, e.tokenizer, e.config).save(folder)
-    return e.save(folder)
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-
-
-def _latest_checkpoint(stage_dir: Path) -> Path | None:
-    found = sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return found[-1] if found else None
 
 
 def plot_losses(losses: list[dict], path: Path) -> None:
@@ -153,15 +135,12 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
     # step (accelerate would otherwise advance it once per process and decay N times too fast)
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16(cfg.precision) else "no", cpu=cpu_ddp,
                               step_scheduler_with_optimizer=False)
-    if cfg.chunk_size and accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise TrainingError("GradCache (chunk_size) does not run under DeepSpeed yet: accelerate's DeepSpeed backward "
-                            "steps the engine after every chunk. Use FSDP (configs/accelerate/fsdp.yaml) or DDP for "
-                            "GradCache, or set chunk_size: null under DeepSpeed.")
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     stage_dir.mkdir(parents=True, exist_ok=True)
     specs = {d.name: d for d in cfg.datasets}
     datasets = [specs[n] for n in stage.datasets]
     records = [load_records(d.path, d.task) for d in datasets]
-    resume = _latest_checkpoint(stage_dir)
+    resume = latest_checkpoint(stage_dir)
     embedder = build_embedder(cfg, str(resume / "model") if resume and cfg.lora is None else source, first)
     if resume and cfg.lora is not None:
         from peft import set_peft_model_state_dict
@@ -185,16 +164,23 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
     optimizer = adamw(params, stage.lr, stage.weight_decay)
     scheduler = get_scheduler(stage.schedule, optimizer, num_warmup_steps=stage.warmup_steps,
                               num_training_steps=stage.steps)
+    if deepspeed:  # DeepSpeed wants a micro-batch size; batches here come from the sampler, not a DataLoader
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+            ds["train_micro_batch_size_per_gpu"] = max(d.batch_size or cfg.batch_size[d.task] for d in datasets)
     model, optimizer, scheduler = accelerator.prepare(embedder, optimizer, scheduler)
     losses: list[dict] = []
     step = 0
     if resume:
         state = torch.load(resume / "training_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if engine_shards(accelerator):  # FSDP / DeepSpeed: model shards, optimizer and scheduler are the engine's
+            accelerator.load_state(str(resume / "engine"))
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         collator.rng.setstate(state["collator_rng"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         step, losses = state["step"], state["losses"]
         accelerator.print(f"resuming {stage.name} from {resume} (step {step})")
     if accelerator.is_main_process:
@@ -236,12 +222,13 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
         with accelerator.autocast():
             if cfg.chunk_size:
                 loss = gradcache_backward(embed, groups, loss_fn, cfg.chunk_size,
-                                          no_sync=(lambda: accelerator.no_sync(model)) if world > 1 else None)
+                                          no_sync=(lambda: accelerator.no_sync(model)) if world > 1 else None,
+                                          backward=_deepspeed_backward(accelerator) if deepspeed else None)
             else:
                 loss = loss_fn(*embed_all(groups))
                 accelerator.backward(loss)
         if not torch.isfinite(loss):
-            last = _latest_checkpoint(stage_dir)
+            last = latest_checkpoint(stage_dir)
             raise TrainingError(f"{stage.name}: loss is {loss.item()} at step {step + 1} (dataset {spec.name!r}); "
                                 f"last good checkpoint: {last or 'none'}. Lower the learning rate or check the data.")
         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))  # inf: measure only
@@ -262,13 +249,13 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
         if step % cfg.log_every == 0:
             bar.set_postfix(loss=f"{np.mean([x['loss'] for x in losses[-cfg.log_every:]]):.4f}")
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == stage.steps:
-            if accelerator.is_main_process:
-                _checkpoint(stage_dir, step, accelerator.unwrap_model(model), cfg, optimizer, scheduler, sampler,
-                            collator, losses)
+            write_checkpoint(accelerator, model, stage_dir, step, cfg, optimizer, scheduler, sampler, collator,
+                             losses)
     bar.close()
     final = stage_dir / "final"
+    state = gathered_state(accelerator, model)  # FSDP / DeepSpeed: full weights gathered (every process joins)
     if accelerator.is_main_process:
-        save_embedder(accelerator.unwrap_model(model), final, cfg)
+        save_embedder(accelerator.unwrap_model(model), final, cfg, state)
         with (stage_dir / "losses.jsonl").open("w") as f:
             f.writelines(json.dumps(x) + "\n" for x in losses)
         plot_losses(losses, stage_dir / "loss.png")
@@ -278,31 +265,23 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
     return final
 
 
+def _deepspeed_backward(accelerator):
+    """GradCache's chunk backward under DeepSpeed: through the engine (ZeRO's gradient hooks and reductions), with
+    the accumulation boundary, and so the engine's optimizer step, at the last chunk only."""
+    engine = accelerator.deepspeed_engine_wrapped
+
+    def backward(emb: torch.Tensor, grad: torch.Tensor, last: bool) -> None:
+        engine.backward((emb * grad).sum(), sync_gradients=last)
+
+    return backward
+
+
 def _tensorboard(stage_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
     return SummaryWriter(str(stage_dir / "tb"))
-
-
-def _checkpoint(stage_dir, step, embedder, cfg, optimizer, scheduler, sampler, collator, losses) -> None:
-    path = stage_dir / f"checkpoint-{step}"
-    tmp = stage_dir / f".checkpoint-{step}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if cfg.lora is not None:
-        from peft import get_peft_model_state_dict
-
-        tmp.mkdir(parents=True)
-        torch.save(get_peft_model_state_dict(embedder.backbone), tmp / "adapter.pt")
-    else:
-        embedder.save(tmp / "model")
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "sampler": sampler.state_dict(), "collator_rng": collator.rng.getstate(), "rng": _rng_state(),
-                "losses": losses}, tmp / "training_state.pt")
-    tmp.rename(path)
-    for old in sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
-        shutil.rmtree(old)
 
 
 def train(cfg: TrainConfig) -> Path:

@@ -1,0 +1,127 @@
+"""Model folders and checkpoints out of a training run, whichever engine holds the weights.
+
+Under DDP or one process the module holds the full weights. Under FSDP and DeepSpeed ZeRO-3 each process holds a
+shard: the full state is gathered first (`accelerator.get_state_dict`, a collective every process joins) and the
+folder is written from it on the main process. LoRA is merged from a state dict (W + scaling · B A per adapted
+linear), so the same code merges a gathered state and a local one and never copies the model.
+
+A checkpoint folder holds `model/` (or `adapter.pt` for LoRA) and `training_state.pt` (sampler, collator RNG, RNG,
+step, losses; optimizer and scheduler for DDP / one process). Under FSDP / DeepSpeed the optimizer, scheduler and
+model shards are the engine's own checkpoint in `engine/` (`accelerator.save_state`), loaded with `load_state`.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qzhou.modeling.embedder import Embedder
+
+PEFT_PREFIX = "base_model.model."
+
+
+def engine_shards(accelerator) -> bool:
+    """True where the engine owns the weights (FSDP, DeepSpeed): state is gathered and checkpoints are the engine's."""
+    from accelerate import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+def gathered_state(accelerator, model) -> dict[str, torch.Tensor] | None:
+    """The backbone's full state dict under FSDP / DeepSpeed (every process must call; the main process gets it),
+    None elsewhere (the module's own weights are full)."""
+    if not engine_shards(accelerator):
+        return None
+    state = accelerator.get_state_dict(model)
+    return {k.removeprefix("backbone."): v for k, v in state.items()} if state else {}
+
+
+def merge_lora_state(peft_model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A peft LoRA model's state dict -> the base model's state dict with every adapter merged:
+    W' = W + scaling · (B @ A) (transposed for fan_in_fan_out layers), computed in float32, stored in W's dtype.
+    `modules_to_save` copies replace their originals. DoRA and adapted embeddings are refused (not merged here)."""
+    from peft.tuners.lora import LoraLayer
+
+    adapter = peft_model.active_adapter if isinstance(peft_model.active_adapter, str) else peft_model.active_adapter[0]
+    layers = {}
+    for name, module in peft_model.named_modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            if module.use_dora.get(adapter):
+                raise NotImplementedError(f"{name}: DoRA adapters are not merged by qzhou; set lora.merge_on_save false")
+            layers[name] = (module.scaling[adapter], bool(getattr(module, "fan_in_fan_out", False)))
+    merged: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if ".lora_" in key or ".original_module." in key:
+            if ".lora_embedding_" in key or ".lora_magnitude_" in key:
+                raise NotImplementedError(f"{key}: only LoRA on linear layers is merged; set lora.merge_on_save false")
+            continue
+        merged[key.removeprefix(PEFT_PREFIX).replace(".base_layer.", ".").replace(f".modules_to_save.{adapter}.", ".")] = value
+    for name, (scaling, fan_in_fan_out) in layers.items():
+        a, b = state[f"{name}.lora_A.{adapter}.weight"], state[f"{name}.lora_B.{adapter}.weight"]
+        delta = (b.float() @ a.float()) * scaling
+        key = f"{name.removeprefix(PEFT_PREFIX)}.weight"
+        weight = merged[key]
+        merged[key] = (weight.float() + (delta.T if fan_in_fan_out else delta)).to(weight.dtype)
+    return merged
+
+
+def save_embedder(e: Embedder, folder: Path, cfg, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """The model folder (model-core format). `state`: the gathered backbone state where the module holds a shard."""
+    if cfg.lora is None:
+        return e.save(folder, state_dict=state)
+    backbone = e.backbone
+    if not cfg.lora.merge_on_save:  # peft writes the adapter alone (taken from the gathered state where given)
+        return e.save(folder, state_dict=state)
+    merged = merge_lora_state(backbone, backbone.state_dict() if state is None else state)
+    return Embedder(backbone.get_base_model(), e.tokenizer, e.config).save(folder, state_dict=merged)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+def latest_checkpoint(stage_dir: Path) -> Path | None:
+    found = sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def write_checkpoint(accelerator, model, stage_dir: Path, step: int, cfg, optimizer, scheduler, sampler, collator,
+                     losses: list[dict]) -> None:
+    """Every process calls this (gathers and the engine's save are collectives); the main process writes the rest
+    into a partial folder renamed when complete, and keeps the two newest checkpoints."""
+    path = stage_dir / f"checkpoint-{step}"
+    tmp = stage_dir / f".checkpoint-{step}.partial"
+    main = accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    state = gathered_state(accelerator, model)
+    sharded = engine_shards(accelerator)
+    if sharded:
+        accelerator.save_state(str(tmp / "engine"))
+    if main:
+        embedder = accelerator.unwrap_model(model)
+        if cfg.lora is not None:
+            from peft import get_peft_model_state_dict
+
+            torch.save(get_peft_model_state_dict(embedder.backbone, state_dict=state), tmp / "adapter.pt")
+        else:
+            embedder.save(tmp / "model", state_dict=state)
+        own = {} if sharded else {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        torch.save({"step": step, **own, "sampler": sampler.state_dict(), "collator_rng": collator.rng.getstate(),
+                    "rng": rng_state(), "losses": losses}, tmp / "training_state.pt")
+        tmp.rename(path)
+        for old in sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
