@@ -21,7 +21,9 @@ Target: qzhou tokens/s >= 1.0x sentence-transformers MNRL tokens/s.
 
 Run:  python bench/train_speed.py [--steps 12] [--warmup 2] [--batch 32] [--max-length 64]
                                   [--precision bf16-mixed|fp32] [--attention causal|bidirectional] [--threads N]
-                                  [--out bench/results/train_speed.json]
+                                  [--device cpu|cuda] [--base FOLDER] [--out bench/results/train_speed.json]
+--base: another model folder of the same shape (e.g. SmolLM2's config with random weights on a GPU machine, where
+the real weights are not at hand); throughput does not depend on the weights' values.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def run_qzhou(args, data: Path, tmp: Path) -> dict:
     from qzhou.training.trainer import train
 
     cfg = TrainConfig(
-        model={"base": "default", "attention": args.attention, "pooling": "mean"},
+        model={"base": str(args.base) if args.base else "default", "attention": args.attention, "pooling": "mean"},
         datasets=[{"name": "snli", "path": data, "task": "retrieval"}],
         stages=[{"name": "bench", "datasets": ["snli"], "steps": args.steps, "lr": 2e-5, "warmup_steps": 0}],
         output_dir=tmp / "qzhou", precision=args.precision, retrieval_loss="qzhou", hard_negatives=1,
@@ -117,7 +119,7 @@ def run_st(args, folder: Path, data: Path, tmp: Path) -> dict:
     if transformer.preprocess(sample)["attention_mask"].sum(1).tolist() != [len(x) for x in plain]:
         raise SystemExit("sentence-transformers does not tokenize texts as the plain tokenizer does (template?)")
     model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")],
-                                device="cpu")
+                                device=args.device)
     train_set = Dataset.from_dict({"anchor": [r["query"] for r in records], "positive": [r["pos"][0] for r in records],
                                    "negative": [r["neg"][0] for r in records]})
 
@@ -137,12 +139,14 @@ def run_st(args, folder: Path, data: Path, tmp: Path) -> dict:
             self.t0 = time.perf_counter()
 
         def on_step_end(self, targs, state, control, **kwargs):
+            if args.device == "cuda":  # the step's kernels finished (qzhou's loss.item() syncs likewise)
+                torch.cuda.synchronize()
             steps.append(time.perf_counter() - self.t0)
 
     bf16 = args.precision == "bf16-mixed"
     targs = SentenceTransformerTrainingArguments(
         output_dir=str(tmp / "st"), per_device_train_batch_size=args.batch, max_steps=args.steps,
-        learning_rate=2e-5, warmup_steps=0, bf16=bf16, use_cpu=True, eval_strategy="no", save_strategy="no",
+        learning_rate=2e-5, warmup_steps=0, bf16=bf16, use_cpu=args.device == "cpu", eval_strategy="no", save_strategy="no",
         report_to="none", dataloader_num_workers=0, batch_sampler=BatchSamplers.NO_DUPLICATES, seed=0,
         disable_tqdm=True, logging_steps=max(1, args.steps))
     trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=train_set,
@@ -177,6 +181,8 @@ def main() -> None:
     ap.add_argument("--attention", choices=["causal", "bidirectional"], default="causal", help="qzhou only")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--base", type=Path, default=None, help="model folder (default: the SmolLM2-135M cache)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_speed.json")
     args = ap.parse_args()
     if not args.data.is_file():
@@ -188,15 +194,15 @@ def main() -> None:
     from qzhou.default_model import smollm2_folder
 
     torch.set_num_threads(args.threads)
-    folder = smollm2_folder()
+    folder = args.base or smollm2_folder()
     with tempfile.TemporaryDirectory() as tmp:
         st = run_st(args, folder, args.data, Path(tmp))
         qz = run_qzhou(args, args.data, Path(tmp))
     for r in (st, qz):
         r["ratio_vs_st"] = r["tokens_per_s"] / st["tokens_per_s"]
 
-    print(f"\n### SmolLM2-135M, B={args.batch}, L={args.max_length}, {args.precision}, {args.threads} threads, "
-          f"{cpu_name()}\n")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.threads} threads, {cpu_name()}"
+    print(f"\n### {folder.name}, B={args.batch}, L={args.max_length}, {args.precision}, {where}\n")
     print("| contender | steps timed | tokens | seconds | tokens/s | vs ST | compute dtype |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for r in (st, qz):
@@ -210,7 +216,7 @@ def main() -> None:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     versions = {"torch": torch.__version__, "transformers": transformers.__version__,
                 "sentence-transformers": sentence_transformers.__version__}
-    args.out.write_text(json.dumps(dict(settings=settings, versions=versions, cpu=cpu_name(),
+    args.out.write_text(json.dumps(dict(settings=settings, versions=versions, cpu=cpu_name(), device=where,
                                         results=[st, qz], verdict=line), indent=2))
 
 
