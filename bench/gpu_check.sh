@@ -10,6 +10,8 @@ set -uo pipefail
 OUT=${OUT:-out/gpu}
 SHAPE=${SHAPE:-.gpu/smollm2-shape}
 PY=${PY:-python3}
+PARTS=${PARTS:-1 2 3}  # which of the three checks to run
+ENGINES=${ENGINES:-fsdp zero2 zero3}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY - "$SHAPE" /tmp/smollm2-shape-random <<'PYEOF'
@@ -25,13 +27,21 @@ for f in src.iterdir():
         shutil.copy(f, dst / f.name)
 print("random SmolLM2-shaped model in", dst)
 PYEOF
-echo "== 1. engines"
-timeout 330 $PY bench/gpu_engines.py --out "$OUT/gpu_engines.json" --logs /tmp/engine-logs
-echo "== 2. speed vs sentence-transformers"
-for shape in "32 64" "64 128"; do set -- $shape
-  timeout 100 $PY bench/train_speed.py --device cuda --base /tmp/smollm2-shape-random --batch $1 --max-length $2 \
-    --steps 40 --warmup 5 --out "$OUT/train_speed_gpu_b$1_l$2.json" 2>&1 | grep -E "^\||PASS|FAIL|###"
-done
+if [[ " $PARTS " == *" 1 "* ]]; then
+  echo "== 1. engines"
+  # shellcheck disable=SC2086
+  timeout 330 $PY bench/gpu_engines.py --engines $ENGINES --out "$OUT/gpu_engines.json" --logs /tmp/engine-logs
+fi
+if [[ " $PARTS " == *" 2 "* ]]; then
+  echo "== 2. speed vs sentence-transformers"
+  for shape in "32 64" "64 128"; do set -- $shape
+    log=/tmp/speed-b$1-l$2.log
+    timeout 120 $PY bench/train_speed.py --device cuda --base /tmp/smollm2-shape-random --batch "$1" --max-length "$2" \
+      --steps 40 --warmup 5 --out "$OUT/train_speed_gpu_b$1_l$2.json" > "$log" 2>&1 \
+      && grep -E "^\||PASS|FAIL|###" "$log" || { echo "train_speed failed:"; tail -c 3000 "$log"; }
+  done
+fi
+[[ " $PARTS " == *" 3 "* ]] || exit 0
 echo "== 3. bench-cpu recipe on the GPU"
 start=$(date +%s)
 timeout 150 $PY -m qzhou.cli train configs/bench-cpu.yaml --set model.base=/tmp/smollm2-shape-random \

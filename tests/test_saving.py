@@ -51,3 +51,17 @@ def test_save_from_given_state(tmp_path, tokenizer):
     assert saved.keys() == state.keys()
     assert all(torch.equal(saved[k], state[k]) for k in state)
     assert not torch.equal(saved["norm.weight"], backbone.state_dict()["norm.weight"])
+
+
+def test_merge_through_wrapper_names():
+    """Engine wrappers (FSDP, activation checkpointing) add parts to module names that state dicts leave out."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    model = lora("qwen2")
+    expected = copy.deepcopy(model).merge_and_unload().state_dict()
+    layer = type(model.get_base_model().layers[0])
+    apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, layer))
+    assert any("_checkpoint_wrapped_module" in n for n, _ in model.named_modules())
+    merged = merge_lora_state(model, model.state_dict())
+    assert merged.keys() == expected.keys()
+    assert all(torch.allclose(merged[k], v, atol=1e-6) for k, v in expected.items())

@@ -40,7 +40,8 @@ def _chunks(features: Features, size: int) -> list[Features]:
 def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequence[Features],
                        loss_fn: Callable[..., torch.Tensor], chunk_size: int,
                        no_sync: Callable[[], object] | None = None,
-                       backward: Callable[[torch.Tensor, torch.Tensor, bool], None] | None = None) -> torch.Tensor:
+                       backward: Callable[[torch.Tensor, torch.Tensor, bool], None] | None = None,
+                       keep_last: bool | None = None) -> torch.Tensor:
     """Accumulate into the model's .grad the gradient of `loss_fn(*embeddings of groups)`; returns the loss.
 
     `groups`: tokenized batches (e.g. queries, positives, negatives), each split into `chunk_size` rows.
@@ -48,6 +49,8 @@ def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequen
     `backward(embeddings, grad, last)`: how a chunk's cached gradient enters the model, where an engine owns
     backward (DeepSpeed: `engine.backward` with the accumulation boundary at the last chunk); default
     `embeddings.backward(grad)`.
+    `keep_last`: keep the very last chunk's graph from the first pass instead of re-embedding it (default: in a
+    single process, `no_sync` None). Not under FSDP: its later forwards reshard the parameters that graph holds.
     """
     if backward is None:
         def backward(emb: torch.Tensor, grad: torch.Tensor, last: bool) -> None:
@@ -60,7 +63,7 @@ def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequen
     # Single process: the very last chunk keeps its graph from the first pass, so it is not embedded twice (its
     # backward comes last anyway). Under DDP every graph-building forward must pair with a synced backward, so
     # there every chunk is re-embedded.
-    keep = no_sync is None
+    keep = no_sync is None if keep_last is None else keep_last
     kept: torch.Tensor | None = None
     for g, chunks in enumerate(chunked):
         parts, embs = [], []

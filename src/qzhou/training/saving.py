@@ -22,6 +22,8 @@ import torch
 from qzhou.modeling.embedder import Embedder
 
 PEFT_PREFIX = "base_model.model."
+#: module-name parts that engine wrappers add (FSDP, activation checkpointing) and state dicts leave out
+WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
 
 def engine_shards(accelerator) -> bool:
@@ -50,6 +52,8 @@ def merge_lora_state(peft_model, state: dict[str, torch.Tensor]) -> dict[str, to
     layers = {}
     for name, module in peft_model.named_modules():
         if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            for part in WRAPPER_PARTS:
+                name = name.replace(part, "")
             if module.use_dora.get(adapter):
                 raise NotImplementedError(f"{name}: DoRA adapters are not merged by qzhou; set lora.merge_on_save false")
             layers[name] = (module.scaling[adapter], bool(getattr(module, "fan_in_fan_out", False)))

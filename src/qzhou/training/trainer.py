@@ -223,7 +223,8 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
             if cfg.chunk_size:
                 loss = gradcache_backward(embed, groups, loss_fn, cfg.chunk_size,
                                           no_sync=(lambda: accelerator.no_sync(model)) if world > 1 else None,
-                                          backward=_deepspeed_backward(accelerator) if deepspeed else None)
+                                          backward=_deepspeed_backward(accelerator) if deepspeed else None,
+                                          keep_last=world == 1 and accelerator.distributed_type != DistributedType.FSDP)
             else:
                 loss = loss_fn(*embed_all(groups))
                 accelerator.backward(loss)
