@@ -20,6 +20,20 @@ def text_key(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=7).digest(), "little")
 
 
+def merge_groups(groups: list[dict[str, torch.Tensor]], padding_side: str, pad_id: int) -> dict[str, torch.Tensor]:
+    """Tokenized groups -> one batch (rows in group order), each padded on `padding_side` to the widest group: one
+    forward instead of one per group (what sentence-transformers 6 does for a loss's candidate columns). Fewer,
+    larger matrix products run faster on CPUs and GPUs alike; the embeddings are those of separate forwards."""
+    width = max(g["input_ids"].shape[1] for g in groups)
+    out: dict[str, list[torch.Tensor]] = {"input_ids": [], "attention_mask": []}
+    for g in groups:
+        extra = width - g["input_ids"].shape[1]
+        pad = (extra, 0) if padding_side == "left" else (0, extra)
+        out["input_ids"].append(torch.nn.functional.pad(g["input_ids"], pad, value=pad_id))
+        out["attention_mask"].append(torch.nn.functional.pad(g["attention_mask"], pad, value=0))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
 class Collator:
     def __init__(self, tokenizer, config: EmbedderConfig, query_max_length: int, passage_max_length: int,
                  hard_negatives: int, seed: int = 0):

@@ -27,7 +27,7 @@ from qzhou.data.readers import DataError, read_rows
 from qzhou.data.records import check_record, texts_of
 from qzhou.data.sampler import MultiTaskBatchSampler
 from qzhou.modeling.embedder import Embedder
-from qzhou.training.collate import Collator
+from qzhou.training.collate import Collator, merge_groups
 from qzhou.training.gradcache import gradcache_backward
 from qzhou.training.objectives import LossConfig, classification_loss, retrieval_loss, sts_loss
 from qzhou.training.recipe import StageSpec, TrainConfig
@@ -192,12 +192,18 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
     def embed(f):
         return model(f["input_ids"].to(device), f["attention_mask"].to(device))
 
-    def embed_all(groups):
-        # A group with no rows in this process (its records have no hard negatives while another process's do) is
-        # embedded as one row of the first group cut to zero rows: it stays in the graph, so every process runs
-        # the same forwards (DDP's buffer broadcasts) and the same gather collectives in backward.
-        return [embed(g) if g["input_ids"].shape[0] else embed({k: v[:1] for k, v in groups[0].items()})[:0]
-                for g in groups]
+    pad_id = embedder.tokenizer.pad_token_id or 0
+
+    def embed_all(task, groups):
+        # Like-shaped groups share one forward: documents (positives + negatives, cut at the passage length), or both
+        # sides of an STS pair; queries keep their own (shorter, instruction-prefixed: padding them to the
+        # documents' width would cost more than a forward saves). Every process runs the same forwards whatever
+        # its rows (a process whose records have no hard negatives still embeds its positives), as DDP needs.
+        first = 0 if task == "sts" else 1
+        merged = [g for g in groups[first:] if g["input_ids"].shape[0]]
+        sizes = [g["input_ids"].shape[0] for g in groups[first:]]
+        docs = embed(merge_groups(merged, embedder.config.padding_side, pad_id)).split(sizes)
+        return [embed(g) for g in groups[:first]] + list(docs)
 
     bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=not accelerator.is_main_process)
     while step < stage.steps:
@@ -226,7 +232,7 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
                                           backward=_deepspeed_backward(accelerator) if deepspeed else None,
                                           keep_last=world == 1 and accelerator.distributed_type != DistributedType.FSDP)
             else:
-                loss = loss_fn(*embed_all(groups))
+                loss = loss_fn(*embed_all(spec.task, groups))
                 accelerator.backward(loss)
         if not torch.isfinite(loss):
             last = latest_checkpoint(stage_dir)

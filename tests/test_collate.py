@@ -1,0 +1,53 @@
+"""The collator's groups and the merged document forward: one forward over groups padded to a common width gives
+the embeddings of one forward per group, for left (decoders) and right (BERT) padding, mean and last-token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_trainer import sent
+
+from qzhou.modeling.embedder import Embedder
+from qzhou.training.collate import Collator, merge_groups
+
+
+@pytest.mark.parametrize("arch,attention,pooling", [("qwen2", "bidirectional", "mean"), ("qwen3", "causal", "last"),
+                                                    ("bert", None, "cls")])
+def test_merged_forward_equals_separate(base_dirs, arch, attention, pooling):
+    e = Embedder.load(base_dirs[arch], dtype="float32", device="cpu",
+                      **{k: v for k, v in (("attention", attention), ("pooling", pooling)) if v})
+    e.eval()
+    col = Collator(e.tokenizer, e.config, query_max_length=32, passage_max_length=128, hard_negatives=2)
+    records = [{"query": sent(i, 2), "pos": [sent(i + 1, 1)], "neg": [sent(i + 2, 6 + 2 * i), sent(i + 3, 2)]}
+               for i in range(4)]
+    groups, _ = col("retrieval", records, "Find it")
+    assert groups[1]["input_ids"].shape[1] != groups[2]["input_ids"].shape[1]  # different widths to pad
+    merged = merge_groups(groups[1:], e.config.padding_side, e.tokenizer.pad_token_id)
+    with torch.no_grad():
+        together = e(merged["input_ids"], merged["attention_mask"]).split([4, 8])
+        for g, got in zip(groups[1:], together):
+            torch.testing.assert_close(got, e(g["input_ids"], g["attention_mask"]), atol=2e-5, rtol=1e-4)
+    side = merged["attention_mask"][:, 0] if e.config.padding_side == "left" else merged["attention_mask"][:, -1]
+    assert side.min() == 0  # padding really was added on the configured side
+
+
+def test_parts_rebuild_the_whole_batch(base_dirs):
+    e = Embedder.load(base_dirs["qwen2"], dtype="float32", device="cpu", attention="bidirectional", pooling="mean")
+    records = [{"query": sent(i, 2), "pos": [sent(i + 1), sent(i + 4)], "neg": [sent(i + j + 5) for j in range(i % 3)],
+                "label": i % 2, "neg_labels": [(i + 1) % 2] * (i % 3)} for i in range(6)]
+    for task, instruction in (("retrieval", "search relevant passage"), ("classification", "given text")):
+        whole, aux = Collator(e.tokenizer, e.config, 128, 128, 2, seed=3)(task, records, instruction)
+        parts = [Collator(e.tokenizer, e.config, 128, 128, 2, seed=3)(task, records, instruction, part=slice(a, b))
+                 for a, b in ((0, 2), (2, 6))]
+        texts = [e.tokenizer.batch_decode(g["input_ids"], skip_special_tokens=True) for g in whole]
+        joined = [sum((e.tokenizer.batch_decode(p[0][k]["input_ids"], skip_special_tokens=True) for p in parts
+                       if p[0][k]["input_ids"].shape[0]), []) for k in range(3)]
+        assert texts == joined, task
+        n = lambda text: len(e.tokenizer(text)["input_ids"])  # noqa: E731
+        fmt = e.config.format_query
+        assert whole[0]["attention_mask"].sum(1).tolist() == [n(fmt(r["query"], instruction)) for r in records]
+        symmetric = task == "classification"  # documents carry the instruction only for symmetric tasks
+        for r, count in zip(records, whole[1]["attention_mask"].sum(1).tolist()):
+            assert count in {n(fmt(p, instruction) if symmetric else p) for p in r["pos"]}, (task, r)
+        if symmetric:
+            assert torch.equal(aux["labels"], torch.cat([p[1]["labels"] for p in parts]))
