@@ -8,7 +8,7 @@ import torch
 from test_trainer import sent
 
 from qzhou.modeling.embedder import Embedder
-from qzhou.training.collate import Collator, merge_groups
+from qzhou.training.collate import Collator, merge_groups, merge_pays
 
 
 @pytest.mark.parametrize("arch,attention,pooling", [("qwen2", "bidirectional", "mean"), ("qwen3", "causal", "last"),
@@ -51,3 +51,15 @@ def test_parts_rebuild_the_whole_batch(base_dirs):
             assert count in {n(fmt(p, instruction) if symmetric else p) for p in r["pos"]}, (task, r)
         if symmetric:
             assert torch.equal(aux["labels"], torch.cat([p[1]["labels"] for p in parts]))
+
+
+def test_merge_pays_counts_padded_tokens():
+    def g(rows, width):
+        return {"input_ids": torch.zeros(rows, width, dtype=torch.long)}
+
+    # 8×20 + 16×22 = 512 separate; merged 24×22 = 528 <= 1.1 × 512 -> merge
+    assert merge_pays([g(8, 20), g(16, 22)])
+    # 8×10 + 16×40 = 720 separate; merged 24×40 = 960 > 792 -> keep apart
+    assert not merge_pays([g(8, 10), g(16, 40)])
+    assert merge_pays([g(8, 10), g(16, 40)], slack=0.4)  # 960 <= 1008
+    assert merge_pays([g(8, 20), g(0, 1), g(8, 20)])  # an empty group costs nothing

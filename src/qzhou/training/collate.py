@@ -34,6 +34,14 @@ def merge_groups(groups: list[dict[str, torch.Tensor]], padding_side: str, pad_i
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def merge_pays(groups: list[dict[str, torch.Tensor]], slack: float = 0.1) -> bool:
+    """True when one forward over all groups computes at most `slack` more (padded) tokens than one per group: then
+    the saved forward wins. QZhou's long passages keep their queries apart; sentence pairs (NLI, STS) merge."""
+    shapes = [g["input_ids"].shape for g in groups if g["input_ids"].shape[0]]
+    separate = sum(rows * width for rows, width in shapes)
+    return sum(rows for rows, _ in shapes) * max(width for _, width in shapes) <= (1 + slack) * separate
+
+
 class Collator:
     def __init__(self, tokenizer, config: EmbedderConfig, query_max_length: int, passage_max_length: int,
                  hard_negatives: int, seed: int = 0):

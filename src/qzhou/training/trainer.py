@@ -27,7 +27,7 @@ from qzhou.data.readers import DataError, read_rows
 from qzhou.data.records import check_record, texts_of
 from qzhou.data.sampler import MultiTaskBatchSampler
 from qzhou.modeling.embedder import Embedder
-from qzhou.training.collate import Collator, merge_groups
+from qzhou.training.collate import Collator, merge_groups, merge_pays
 from qzhou.training.gradcache import gradcache_backward
 from qzhou.training.objectives import LossConfig, classification_loss, retrieval_loss, sts_loss
 from qzhou.training.recipe import StageSpec, TrainConfig
@@ -196,14 +196,20 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
 
     def embed_all(task, groups):
         # Like-shaped groups share one forward: documents (positives + negatives, cut at the passage length), or both
-        # sides of an STS pair; queries keep their own (shorter, instruction-prefixed: padding them to the
-        # documents' width would cost more than a forward saves). Every process runs the same forwards whatever
-        # its rows (a process whose records have no hard negatives still embeds its positives), as DDP needs.
-        first = 0 if task == "sts" else 1
-        merged = [g for g in groups[first:] if g["input_ids"].shape[0]]
+        # sides of an STS pair. Queries join them where that pads little (see `merge_pays`); under several processes
+        # they keep their own forward, so that every process runs the same number of forwards whatever its rows
+        # (DDP broadcasts buffers at each forward).
+        first = 0 if task == "sts" or (world == 1 and merge_pays(groups)) else 1
         sizes = [g["input_ids"].shape[0] for g in groups[first:]]
-        docs = embed(merge_groups(merged, embedder.config.padding_side, pad_id)).split(sizes)
-        return [embed(g) for g in groups[:first]] + list(docs)
+        merged = merge_groups([g for g in groups[first:] if g["input_ids"].shape[0]], embedder.config.padding_side,
+                              pad_id)
+        return [embed(g) for g in groups[:first]] + list(embed(merged).split(sizes))
+
+    def autocast(fn):  # forwards (and the loss) under autocast, backward passes outside it
+        def run(*args, **kwargs):
+            with accelerator.autocast():
+                return fn(*args, **kwargs)
+        return run
 
     bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=not accelerator.is_main_process)
     while step < stage.steps:
@@ -225,15 +231,17 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
                 return classification_loss(loss_cfg, *embs, aux["labels"], aux["neg_labels"])
             return retrieval_loss(loss_cfg, *embs, pos_keys=aux["pos_keys"], neg_keys=aux["neg_keys"])
 
-        with accelerator.autocast():
-            if cfg.chunk_size:
-                loss = gradcache_backward(embed, groups, loss_fn, cfg.chunk_size,
-                                          no_sync=(lambda: accelerator.no_sync(model)) if world > 1 else None,
-                                          backward=_deepspeed_backward(accelerator) if deepspeed else None,
-                                          keep_last=world == 1 and accelerator.distributed_type != DistributedType.FSDP)
-            else:
+        if cfg.chunk_size:
+            loss = gradcache_backward(autocast(embed), groups, autocast(loss_fn), cfg.chunk_size,
+                                      no_sync=(lambda: accelerator.no_sync(model)) if world > 1 else None,
+                                      backward=_deepspeed_backward(accelerator) if deepspeed else None,
+                                      keep_last=world == 1 and accelerator.distributed_type != DistributedType.FSDP)
+        else:
+            with accelerator.autocast():
                 loss = loss_fn(*embed_all(spec.task, groups))
-                accelerator.backward(loss)
+            # backward outside autocast: on CPUs autograd runs in this thread, where autocast would also recast
+            # inside the backward formulas (the HF Trainer's order too)
+            accelerator.backward(loss)
         if not torch.isfinite(loss):
             last = latest_checkpoint(stage_dir)
             raise TrainingError(f"{stage.name}: loss is {loss.item()} at step {step + 1} (dataset {spec.name!r}); "
