@@ -15,7 +15,9 @@ would otherwise render every text through the Instruct model's chat template, sy
   column); a step's time is on_step_begin -> on_step_end of a TrainerCallback plus the collator's time for that
   batch (HF Trainer tokenizes before on_step_begin; qzhou's step time includes its tokenization).
 
-tokens/s = sum(tokens) / sum(seconds) over the steps after --warmup. The compute dtype column is the output dtype
+tokens/s = sum(tokens) / sum(seconds) over the steps after --warmup, in --rounds runs per contender in ABBA order.
+Computed tokens count padding too (what the model really ran: for ST the anchors' forward plus one forward over
+the merged candidate columns); their rate separates speed from how much padding each side's batches happen to get. The compute dtype column is the output dtype
 of the first nn.Linear run with grad enabled (bfloat16 = the CPU bf16 autocast is really on).
 Target: qzhou tokens/s >= 1.0x sentence-transformers MNRL tokens/s.
 
@@ -56,11 +58,12 @@ def dtype_probe(seen: list[str]):
     return torch.nn.modules.module.register_module_forward_hook(hook)
 
 
-def summarize(name: str, tokens: list[int], seconds: list[float], warmup: int, dtype: list[str]) -> dict:
-    tokens, seconds = tokens[warmup:], seconds[warmup:]
+def summarize(name: str, tokens: list[int], seconds: list[float], warmup: int, dtype: list[str],
+              padded: list[int]) -> dict:
+    tokens, seconds, padded = tokens[warmup:], seconds[warmup:], padded[warmup:]
     if not seconds:
         raise SystemExit(f"{name}: no steps left after --warmup {warmup}")
-    return dict(contender=name, steps=len(seconds), tokens=sum(tokens), seconds=sum(seconds),
+    return dict(contender=name, steps=len(seconds), tokens=sum(tokens), padded_tokens=sum(padded), seconds=sum(seconds),
                 tokens_per_s=sum(tokens) / sum(seconds), compute_dtype=dtype[0] if dtype else "?",
                 threads=torch.get_num_threads(), step_seconds=[round(s, 4) for s in seconds])
 
@@ -86,7 +89,7 @@ def run_qzhou(args, data: Path, tmp: Path) -> dict:
     if not rows or "tokens" not in rows[0] or "seconds" not in rows[0]:
         raise SystemExit("qzhou's losses.jsonl has no per-step 'tokens' / 'seconds': this trainer predates them")
     return summarize(f"qzhou InfoNCE ({args.attention})", [r["tokens"] for r in rows],
-                     [r["seconds"] for r in rows], args.warmup, seen)
+                     [r["seconds"] for r in rows], args.warmup, seen, [r["padded_tokens"] for r in rows])
 
 
 def run_st(args, folder: Path, data: Path, tmp: Path) -> dict:
@@ -130,8 +133,12 @@ def run_st(args, folder: Path, data: Path, tmp: Path) -> dict:
         def __call__(self, features):
             t0 = time.perf_counter()
             batch = super().__call__(features)
-            real = sum(int(v.sum()) for k, v in batch.items() if k.endswith("_attention_mask"))
-            batches.append((real, time.perf_counter() - t0))
+            masks = [v for k, v in batch.items() if k.endswith("_attention_mask")]  # anchor, positive, negative
+            real = sum(int(m.sum()) for m in masks)
+            # computed: the anchors' own forward + one forward over the candidate columns padded to their widest
+            # (sentence-transformers 6 merges a loss's candidate columns)
+            padded = masks[0].numel() + sum(m.shape[0] for m in masks[1:]) * max(m.shape[1] for m in masks[1:])
+            batches.append((real, time.perf_counter() - t0, padded))
             return batch
 
     class StepTimer(TrainerCallback):
@@ -159,15 +166,16 @@ def run_st(args, folder: Path, data: Path, tmp: Path) -> dict:
         trainer.train()
     finally:
         handle.remove()
-    tokens = [t for t, _ in batches[:len(steps)]]  # batch i is step i's (one batch per step, no accumulation)
-    seconds = [s + c for s, (_, c) in zip(steps, batches)]
-    return summarize("sentence-transformers MNRL (causal)", tokens, seconds, args.warmup, seen)
+    tokens = [t for t, _, _ in batches[:len(steps)]]  # batch i is step i's (one batch per step, no accumulation)
+    seconds = [s + c for s, (_, c, _) in zip(steps, batches)]
+    padded = [p for _, _, p in batches[:len(steps)]]
+    return summarize("sentence-transformers MNRL (causal)", tokens, seconds, args.warmup, seen, padded)
 
 
 def pool(results: list[dict]) -> dict:
     """Rounds of one contender -> one row: tokens and seconds summed over rounds."""
     row = dict(results[0])
-    for key in ("steps", "tokens", "seconds"):
+    for key in ("steps", "tokens", "padded_tokens", "seconds"):
         row[key] = sum(r[key] for r in results)
     row["tokens_per_s"] = row["tokens"] / row["seconds"]
     row["per_round_tokens_per_s"] = [round(r["tokens_per_s"], 1) for r in results]
@@ -219,12 +227,17 @@ def main() -> None:
 
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.threads} threads, {cpu_name()}"
     print(f"\n### {folder.name}, B={args.batch}, L={args.max_length}, {args.precision}, {where}\n")
-    print("| contender | steps timed | tokens | seconds | tokens/s | per round | vs ST | compute dtype |")
-    print("|---|---:|---:|---:|---:|---|---:|---|")
+    for r in (st, qz):
+        r["padded_tokens_per_s"] = r["padded_tokens"] / r["seconds"]
+        r["padded_ratio_vs_st"] = r["padded_tokens_per_s"] / (st["padded_tokens"] / st["seconds"])
+    print("| contender | steps timed | real tokens | computed tokens | seconds | tokens/s | per round | vs ST "
+          "| computed tokens/s vs ST | compute dtype |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---|")
     for r in (st, qz):
         rounds = " / ".join(f"{x:,.0f}" for x in r["per_round_tokens_per_s"])
-        print(f"| {r['contender']} | {r['steps']} | {r['tokens']:,} | {r['seconds']:.2f} | {r['tokens_per_s']:,.0f} "
-              f"| {rounds} | {r['ratio_vs_st']:.2f}x | {r['compute_dtype']} |")
+        print(f"| {r['contender']} | {r['steps']} | {r['tokens']:,} | {r['padded_tokens']:,} | {r['seconds']:.2f} "
+              f"| {r['tokens_per_s']:,.0f} | {rounds} | {r['ratio_vs_st']:.2f}x | {r['padded_ratio_vs_st']:.2f}x "
+              f"| {r['compute_dtype']} |")
     ratio = qz["ratio_vs_st"]
     line = (f"{'PASS' if ratio >= TARGET else 'FAIL'} - qzhou tokens/s >= {TARGET}x sentence-transformers MNRL "
             f"(ratio {ratio:.2f}x)")

@@ -189,7 +189,11 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
     writer = _tensorboard(stage_dir) if accelerator.is_main_process else None
     device = accelerator.device
 
+    computed = [0]  # tokens run through the model this step, padding included (forwards with a graph)
+
     def embed(f):
+        if torch.is_grad_enabled():
+            computed[0] += f["input_ids"].numel()
         return model(f["input_ids"].to(device), f["attention_mask"].to(device))
 
     pad_id = embedder.tokenizer.pad_token_id or 0
@@ -214,6 +218,7 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
     bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=not accelerator.is_main_process)
     while step < stage.steps:
         started = time.perf_counter()
+        computed[0] = 0
         d, rows = sampler.next_batch()
         spec = datasets[d]
         if len(rows) < world:  # every process sees the same rows, so all of them stop here together
@@ -252,10 +257,12 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens = int(sum(int(g["attention_mask"].sum()) for g in groups))  # real tokens, all processes
+        padded = computed[0]
         if world > 1:
-            tokens = int(accelerator.reduce(torch.tensor([tokens], device=device), reduction="sum").item())
+            tokens, padded = (int(x) for x in accelerator.reduce(torch.tensor([tokens, padded], device=device),
+                                                                 reduction="sum").tolist())
         losses.append({"step": step, "task": spec.task, "dataset": spec.name, "loss": round(loss.item(), 5),
-                       "tokens": tokens, "seconds": round(time.perf_counter() - started, 4),
+                       "tokens": tokens, "padded_tokens": padded, "seconds": round(time.perf_counter() - started, 4),
                        "grad_norm": None if norm is None else round(float(norm), 6)})
         if writer:
             writer.add_scalar(f"loss/{spec.task}", loss.item(), step)
