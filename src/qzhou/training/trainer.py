@@ -198,16 +198,22 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
 
     pad_id = embedder.tokenizer.pad_token_id or 0
 
-    def embed_all(task, groups):
-        # Like-shaped groups share one forward: documents (positives + negatives, cut at the passage length), or both
-        # sides of an STS pair. Queries join them where that pads little (see `merge_pays`); under several processes
-        # they keep their own forward, so that every process runs the same number of forwards whatever its rows
-        # (DDP broadcasts buffers at each forward).
+    def batches_of(task, groups):
+        """Groups -> (batches to embed, a function from their embeddings back to one tensor per group).
+
+        Like-shaped groups share one batch: documents (positives + negatives, cut at the passage length), or both
+        sides of an STS pair. Queries join them where that pads little (see `merge_pays`); under several processes
+        they keep their own batch, so that every process runs the same number of forwards whatever its rows (DDP
+        broadcasts buffers at each forward). Plain steps embed each batch in one forward; GradCache chunks them."""
         first = 0 if task == "sts" or (world == 1 and merge_pays(groups)) else 1
         sizes = [g["input_ids"].shape[0] for g in groups[first:]]
         merged = merge_groups([g for g in groups[first:] if g["input_ids"].shape[0]], embedder.config.padding_side,
                               pad_id)
-        return [embed(g) for g in groups[:first]] + list(embed(merged).split(sizes))
+
+        def split(*embs):
+            return [*embs[:first], *embs[first].split(sizes)]
+
+        return [*groups[:first], merged], split
 
     def autocast(fn):  # forwards (and the loss) under autocast, backward passes outside it
         def run(*args, **kwargs):
@@ -236,14 +242,16 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
                 return classification_loss(loss_cfg, *embs, aux["labels"], aux["neg_labels"])
             return retrieval_loss(loss_cfg, *embs, pos_keys=aux["pos_keys"], neg_keys=aux["neg_keys"])
 
+        batches, split = batches_of(spec.task, groups)
         if cfg.chunk_size:
-            loss = gradcache_backward(autocast(embed), groups, autocast(loss_fn), cfg.chunk_size,
+            loss = gradcache_backward(autocast(embed), batches, autocast(lambda *embs, split=split: loss_fn(*split(*embs))),
+                                      cfg.chunk_size,
                                       no_sync=(lambda: accelerator.no_sync(model)) if world > 1 else None,
                                       backward=_deepspeed_backward(accelerator) if deepspeed else None,
                                       keep_last=world == 1 and accelerator.distributed_type != DistributedType.FSDP)
         else:
             with accelerator.autocast():
-                loss = loss_fn(*embed_all(spec.task, groups))
+                loss = loss_fn(*split(*[embed(b) for b in batches]))
             # backward outside autocast: on CPUs autograd runs in this thread, where autocast would also recast
             # inside the backward formulas (the HF Trainer's order too)
             accelerator.backward(loss)
