@@ -68,3 +68,39 @@ def test_gradcache_equals_plain(embedder, name):
     assert torch.allclose(loss, plain.detach(), atol=1e-6)
     for p, g in zip(params, expected):  # fp32: chunked matmuls sum in another order, so relative to the scale
         torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-5 * float(g.abs().max()) + 1e-7)
+
+
+@pytest.mark.parametrize("keep_last", [True, False])
+def test_engine_backward_hook_and_keep_last(embedder, keep_last):
+    """The `backward` hook (DeepSpeed's engine.backward) receives every chunk once, `last` only on the final one,
+    and gives the default's gradients; keep_last=False (FSDP) re-embeds the last chunk and changes nothing else."""
+    n_groups, fn = CASES["qzhou"]
+    groups = [feats(embedder, texts(6 * (2 if g == 2 else 1), seed=10 + g)) for g in range(n_groups)]
+    cfg = LossConfig(tau=0.05)
+    calls: list[bool] = []
+    forwards = [0]
+
+    def embed(f):
+        forwards[0] += 1
+        return embedder(f["input_ids"], f["attention_mask"])
+
+    def loss_fn(*embs):
+        return fn(cfg, *embs, {})
+
+    params = [p for p in embedder.parameters() if p.requires_grad]
+    embedder.zero_grad()
+    gradcache_backward(embed, groups, loss_fn, chunk_size=4)
+    expected = [p.grad.clone() for p in params]
+
+    def hook(emb, grad, last):
+        calls.append(last)
+        (emb * grad).sum().backward()  # what the DeepSpeed hook hands to engine.backward
+
+    embedder.zero_grad()
+    forwards[0] = 0
+    gradcache_backward(embed, groups, loss_fn, chunk_size=4, backward=hook, keep_last=keep_last)
+    chunks = 2 + 2 + 3  # 6, 6 and 12 rows in chunks of 4
+    assert calls == [False] * (chunks - 1) + [True]
+    assert forwards[0] == (2 * chunks - 1 if keep_last else 2 * chunks)  # the kept chunk is embedded once
+    for p, g in zip(params, expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6 * float(g.abs().max()) + 1e-8)
