@@ -104,3 +104,37 @@ def test_engine_backward_hook_and_keep_last(embedder, keep_last):
     assert forwards[0] == (2 * chunks - 1 if keep_last else 2 * chunks)  # the kept chunk is embedded once
     for p, g in zip(params, expected):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6 * float(g.abs().max()) + 1e-8)
+
+
+def test_padding_chunks_change_nothing_but_the_count(embedder):
+    """chunks_per_group above a group's own chunks adds one-row chunks: a forward in each pass and a zero-gradient
+    backward each (what keeps FSDP / ZeRO collectives in step across processes), and the same gradients."""
+    n_groups, fn = CASES["qzhou"]
+    groups = [feats(embedder, texts(6 * (2 if g == 2 else 1), seed=20 + g)) for g in range(n_groups)]
+    cfg = LossConfig(tau=0.05)
+    forwards, calls = [0], []
+
+    def embed(f):
+        forwards[0] += 1
+        return embedder(f["input_ids"], f["attention_mask"])
+
+    def loss_fn(*embs):
+        return fn(cfg, *embs, {})
+
+    def hook(emb, grad, last):
+        calls.append((emb.shape[0], float(grad.abs().sum()) == 0.0, last))
+        emb.backward(grad)
+
+    params = [p for p in embedder.parameters() if p.requires_grad]
+    embedder.zero_grad()
+    loss = gradcache_backward(embed, groups, loss_fn, chunk_size=4, keep_last=False)
+    expected = [p.grad.clone() for p in params]
+    embedder.zero_grad()
+    forwards[0] = 0
+    padded = gradcache_backward(embed, groups, loss_fn, chunk_size=4, backward=hook, chunks_per_group=[3, 3, 5])
+    assert torch.equal(loss, padded)
+    assert forwards[0] == 2 * (7 + 4)  # 7 real chunks + 4 padding ones, each embedded in both passes
+    assert [c for c in calls if c[1] and c[0] == 1] == calls[-4:] and len(calls) == 11  # padding last, zero grads
+    assert [last for _, _, last in calls] == [False] * 10 + [True]
+    for p, g in zip(params, expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7 * float(g.abs().max()) + 1e-9)

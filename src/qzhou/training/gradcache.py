@@ -41,7 +41,7 @@ def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequen
                        loss_fn: Callable[..., torch.Tensor], chunk_size: int,
                        no_sync: Callable[[], object] | None = None,
                        backward: Callable[[torch.Tensor, torch.Tensor, bool], None] | None = None,
-                       keep_last: bool | None = None) -> torch.Tensor:
+                       keep_last: bool | None = None, chunks_per_group: Sequence[int] | None = None) -> torch.Tensor:
     """Accumulate into the model's .grad the gradient of `loss_fn(*embeddings of groups)`; returns the loss.
 
     `groups`: tokenized batches (e.g. queries, positives, negatives), each split into `chunk_size` rows.
@@ -51,6 +51,10 @@ def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequen
     `embeddings.backward(grad)`.
     `keep_last`: keep the very last chunk's graph from the first pass instead of re-embedding it (default: in a
     single process, `no_sync` None). Not under FSDP: its later forwards reshard the parameters that graph holds.
+    `chunks_per_group`: run at least this many chunks per group, padding with one-row chunks whose embeddings are
+    dropped and whose backward carries a zero gradient. Under several processes every process must run the same
+    number of forwards and backwards (FSDP / ZeRO-3 gather weights in each forward, ZeRO reduces in each backward),
+    while its rows, and so its chunks, may differ: pass the largest count over the processes.
     """
     if backward is None:
         def backward(emb: torch.Tensor, grad: torch.Tensor, last: bool) -> None:
@@ -63,7 +67,7 @@ def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequen
     # Single process: the very last chunk keeps its graph from the first pass, so it is not embedded twice (its
     # backward comes last anyway). Under DDP every graph-building forward must pair with a synced backward, so
     # there every chunk is re-embedded.
-    keep = no_sync is None if keep_last is None else keep_last
+    keep = (no_sync is None if keep_last is None else keep_last) and chunks_per_group is None
     kept: torch.Tensor | None = None
     for g, chunks in enumerate(chunked):
         parts, embs = [], []
@@ -79,11 +83,20 @@ def gradcache_backward(embed: Callable[[Features], torch.Tensor], groups: Sequen
         states.append(parts)
         cached.append(torch.cat(embs).detach().requires_grad_() if embs else None)
     ref = next(c for c in cached if c is not None)  # an empty group (no rows here) becomes a (0, dim) tensor
+    padding = []  # padding chunks: a forward here, before the loss's collectives, and a zero-gradient backward
+    if chunks_per_group is not None:
+        one = {k: v[:1] for k, v in next(c for chunks in chunked for c in chunks).items()}
+        for _ in range(sum(max(0, n - len(chunks)) for n, chunks in zip(chunks_per_group, chunked))):
+            state = RandState()
+            with torch.no_grad():
+                embed(one)
+            padding.append((one, state, ref.new_zeros((1, ref.shape[-1]))))
     cached = [c if c is not None else ref.new_zeros((0, ref.shape[-1])).requires_grad_() for c in cached]
     loss = loss_fn(*cached)
     loss.backward()
     jobs = [(chunk, state, grad) for parts, rep in zip(states, cached) if parts
             for (chunk, state), grad in zip(parts, rep.grad.split(chunk_size))]
+    jobs += padding
     for i, (chunk, state, grad) in enumerate(jobs):
         if kept is not None and i == len(jobs) - 1:
             backward(kept, grad, True)

@@ -1,7 +1,7 @@
 """Model folders and checkpoints out of a training run, whichever engine holds the weights.
 
-Under DDP or one process the module holds the full weights. Under FSDP and DeepSpeed ZeRO-3 each process holds a
-shard: the full state is gathered first (`accelerator.get_state_dict`, a collective every process joins) and the
+Under DDP, one process or DeepSpeed ZeRO-1/2 the module holds the full weights. Under FSDP and ZeRO-3 each process
+holds a shard: the full state is gathered first (`accelerator.get_state_dict`, a collective every process joins) and the
 folder is written from it on the main process. LoRA is merged from a state dict (W + scaling · B A per adapted
 linear), so the same code merges a gathered state and a local one and never copies the model.
 
@@ -33,10 +33,20 @@ def engine_shards(accelerator) -> bool:
     return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
 
 
+def weights_sharded(accelerator) -> bool:
+    """True where each process holds only a shard of the weights: FSDP and DeepSpeed ZeRO-3 (ZeRO-1/2 replicate)."""
+    from accelerate import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
 def gathered_state(accelerator, model) -> dict[str, torch.Tensor] | None:
-    """The backbone's full state dict under FSDP / DeepSpeed (every process must call; the main process gets it),
-    None elsewhere (the module's own weights are full)."""
-    if not engine_shards(accelerator):
+    """The backbone's full state dict under FSDP / ZeRO-3 (every process must call; the main process gets it), None
+    elsewhere: the module's own weights are full there, and no process copies them."""
+    if not weights_sharded(accelerator):
         return None
     state = accelerator.get_state_dict(model)
     return {k.removeprefix("backbone."): v for k, v in state.items()} if state else {}
@@ -114,6 +124,7 @@ def write_checkpoint(accelerator, model, stage_dir: Path, step: int, cfg, optimi
     sharded = engine_shards(accelerator)
     if sharded:
         accelerator.save_state(str(tmp / "engine"))
+        accelerator.wait_for_everyone()  # every process's files are in before the folder is renamed
     if main:
         embedder = accelerator.unwrap_model(model)
         if cfg.lora is not None:

@@ -168,6 +168,12 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
         ds = accelerator.state.deepspeed_plugin.deepspeed_config
         if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
             ds["train_micro_batch_size_per_gpu"] = max(d.batch_size or cfg.batch_size[d.task] for d in datasets)
+        clip = ds.get("gradient_clipping", "auto")  # the engine clips: it takes the recipe's max_grad_norm
+        if clip == "auto":
+            ds["gradient_clipping"] = cfg.max_grad_norm
+        elif float(clip) != cfg.max_grad_norm:
+            accelerator.print(f"note: DeepSpeed's gradient_clipping {clip} applies, not the recipe's max_grad_norm "
+                              f"{cfg.max_grad_norm}")
     model, optimizer, scheduler = accelerator.prepare(embedder, optimizer, scheduler)
     losses: list[dict] = []
     step = 0
@@ -180,7 +186,8 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
             scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         collator.rng.setstate(state["collator_rng"])
-        set_rng_state(state["rng"])
+        if not engine_shards(accelerator):  # the engine's load_state restored each process's own RNG already
+            set_rng_state(state["rng"])
         step, losses = state["step"], state["losses"]
         accelerator.print(f"resuming {stage.name} from {resume} (step {step})")
     if accelerator.is_main_process:
@@ -245,7 +252,8 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
         batches, split = batches_of(spec.task, groups)
         if cfg.chunk_size:
             loss = gradcache_backward(autocast(embed), batches, autocast(lambda *embs, split=split: loss_fn(*split(*embs))),
-                                      cfg.chunk_size,
+                                      cfg.chunk_size, chunks_per_group=_most_chunks(batches, cfg.chunk_size, device)
+                                      if world > 1 else None,
                                       no_sync=(lambda: accelerator.no_sync(model)) if world > 1 else None,
                                       backward=_deepspeed_backward(accelerator) if deepspeed else None,
                                       keep_last=world == 1 and accelerator.distributed_type != DistributedType.FSDP)
@@ -293,6 +301,16 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
         writer.close()
     accelerator.wait_for_everyone()
     return final
+
+
+def _most_chunks(batches, chunk_size: int, device) -> list[int]:
+    """GradCache chunks per batch, the largest over the processes (one all-reduce): every process then runs the same
+    number of forwards and backwards, which FSDP / ZeRO collectives (and DDP's) need, whatever its own rows."""
+    import torch.distributed as dist
+
+    counts = torch.tensor([-(-b["input_ids"].shape[0] // chunk_size) for b in batches], device=device)
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+    return counts.tolist()
 
 
 def _deepspeed_backward(accelerator):
