@@ -110,9 +110,10 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
 
 
 def write_checkpoint(accelerator, model, stage_dir: Path, step: int, cfg, optimizer, scheduler, sampler, collator,
-                     losses: list[dict]) -> None:
+                     losses: list[dict]) -> dict[str, torch.Tensor] | None:
     """Every process calls this (gathers and the engine's save are collectives); the main process writes the rest
-    into a partial folder renamed when complete, and keeps the two newest checkpoints."""
+    into a partial folder renamed when complete, and keeps the two newest checkpoints. Returns the gathered state
+    (`gathered_state`), so that a final save right after does not gather the weights again."""
     path = stage_dir / f"checkpoint-{step}"
     tmp = stage_dir / f".checkpoint-{step}.partial"
     main = accelerator.is_main_process
@@ -132,7 +133,7 @@ def write_checkpoint(accelerator, model, stage_dir: Path, step: int, cfg, optimi
 
             torch.save(get_peft_model_state_dict(embedder.backbone, state_dict=state), tmp / "adapter.pt")
         else:
-            embedder.save(tmp / "model", state_dict=state)
+            embedder.save(tmp / "model", state_dict=None if state is None else dict(state))  # save_pretrained empties it
         own = {} if sharded else {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         torch.save({"step": step, **own, "sampler": sampler.state_dict(), "collator_rng": collator.rng.getstate(),
                     "rng": rng_state(), "losses": losses}, tmp / "training_state.pt")
@@ -140,3 +141,4 @@ def write_checkpoint(accelerator, model, stage_dir: Path, step: int, cfg, optimi
         for old in sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
+    return state

@@ -179,15 +179,14 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
     step = 0
     if resume:
         state = torch.load(resume / "training_state.pt", weights_only=False)
-        if engine_shards(accelerator):  # FSDP / DeepSpeed: model shards, optimizer and scheduler are the engine's
-            accelerator.load_state(str(resume / "engine"))
+        if engine_shards(accelerator):  # FSDP / DeepSpeed: model shards, optimizer, scheduler and each process's
+            accelerator.load_state(str(resume / "engine"))  # RNG are the engine's checkpoint
         else:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
         sampler.load_state_dict(state["sampler"])
         collator.rng.setstate(state["collator_rng"])
-        if not engine_shards(accelerator):  # the engine's load_state restored each process's own RNG already
-            set_rng_state(state["rng"])
         step, losses = state["step"], state["losses"]
         accelerator.print(f"resuming {stage.name} from {resume} (step {step})")
     if accelerator.is_main_process:
@@ -228,6 +227,7 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
                 return fn(*args, **kwargs)
         return run
 
+    weights, gathered_at = None, None  # the last checkpoint's gathered state (FSDP / ZeRO-3) and its step
     bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=not accelerator.is_main_process)
     while step < stage.steps:
         started = time.perf_counter()
@@ -287,13 +287,15 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
         if step % cfg.log_every == 0:
             bar.set_postfix(loss=f"{np.mean([x['loss'] for x in losses[-cfg.log_every:]]):.4f}")
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == stage.steps:
-            write_checkpoint(accelerator, model, stage_dir, step, cfg, optimizer, scheduler, sampler, collator,
-                             losses)
+            weights = write_checkpoint(accelerator, model, stage_dir, step, cfg, optimizer, scheduler, sampler,
+                                       collator, losses)
+            gathered_at = step
     bar.close()
     final = stage_dir / "final"
-    state = gathered_state(accelerator, model)  # FSDP / DeepSpeed: full weights gathered (every process joins)
+    if gathered_at != stage.steps:  # FSDP / ZeRO-3: full weights gathered (every process joins), unless the last
+        weights = gathered_state(accelerator, model)  # step's checkpoint just did
     if accelerator.is_main_process:
-        save_embedder(accelerator.unwrap_model(model), final, cfg, state)
+        save_embedder(accelerator.unwrap_model(model), final, cfg, weights)
         with (stage_dir / "losses.jsonl").open("w") as f:
             f.writelines(json.dumps(x) + "\n" for x in losses)
         plot_losses(losses, stage_dir / "loss.png")
