@@ -63,3 +63,40 @@ def test_merge_pays_counts_padded_tokens():
     assert not merge_pays([g(8, 10), g(16, 40)])
     assert merge_pays([g(8, 10), g(16, 40)], slack=0.4)  # 960 <= 1008
     assert merge_pays([g(8, 20), g(0, 1), g(8, 20)])  # an empty group costs nothing
+
+
+def test_instruction_lists_pick_one_wording_per_record(base_dirs):
+    """A list of instructions: each record gets one wording (checked by decoding the tokenized query), every wording
+    is used, a record keeps its wording across calls and processes, and STS puts the record's one wording on both
+    texts. A record's own instruction wins over the dataset's."""
+    e = Embedder.load(base_dirs["qwen2"], dtype="float32", device="cpu", attention="bidirectional", pooling="mean")
+    wordings = ["Find the passage", "Retrieve text that answers this", "Given a question, retrieve answers"]
+    records = [{"query": f"question number {i}", "pos": [sent(i)]} for i in range(40)]
+    records[5]["instruction"] = "Own wording"
+    col = Collator(e.tokenizer, e.config, 64, 64, 0)
+    dec = lambda g: e.tokenizer.batch_decode(g["input_ids"], skip_special_tokens=True)  # noqa: E731
+    fmt = lambda text, w: dec(e.tokenizer([e.config.format_query(text, w)]))[0]  # as the tiny vocabulary spells it  # noqa: E731
+    seen = []
+    for r, text in zip(records, dec(col("retrieval", records, wordings)[0][0])):
+        used = [w for w in wordings + ["Own wording"] if text == fmt(r["query"], w)]
+        assert len(used) == 1, text
+        seen.append(used[0])
+    assert seen[5] == "Own wording" and set(seen) == set(wordings) | {"Own wording"}
+    again = dec(col("retrieval", records[10:20], wordings, part=slice(2, 7))[0][0])
+    assert again == [fmt(r["query"], w) for r, w in zip(records[12:17], seen[12:17])]
+    pairs = [{"text1": f"sentence {i}", "text2": f"other {i}", "score": 1.0} for i in range(12)]
+    a, b = (dec(g) for g in col("sts", pairs, wordings)[0])
+    for p, x, y in zip(pairs, a, b):
+        w = [w for w in wordings if x == fmt(p["text1"], w)]
+        assert len(w) == 1 and y == fmt(p["text2"], w[0])
+
+
+def test_recipe_refuses_empty_instruction_lists(tmp_path):
+    from qzhou.training.recipe import load_recipe
+    (tmp_path / "r.yaml").write_text(
+        "model: {base: x}\ndatasets: [{name: a, path: a.jsonl, task: retrieval, instruction: []}]\n"
+        "stages: [{name: s, datasets: [a], steps: 1}]\n")
+    with pytest.raises(ValueError, match="instruction"):
+        load_recipe(tmp_path / "r.yaml")
+    ok = load_recipe(tmp_path / "r.yaml", ["datasets.0.instruction=[one, two]"])
+    assert ok.datasets[0].instruction == ["one", "two"]

@@ -20,6 +20,18 @@ def text_key(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=7).digest(), "little")
 
 
+def pick_instruction(record: dict[str, Any], instruction: str | list[str] | None) -> str | None:
+    """The record's own instruction, else the dataset's. A list of instructions (paraphrases of one task) gives each
+    record one of them, chosen by a hash of its first text: the same choice on every process, in every epoch and
+    after a resume, with no random state. Training on several wordings keeps the model from keying on one string,
+    so an evaluation instruction it never saw still reads as that task."""
+    chosen = record.get("instruction", instruction)
+    if isinstance(chosen, list):
+        first = record.get("query", record.get("text1", ""))
+        return chosen[text_key(first) % len(chosen)]
+    return chosen
+
+
 def merge_groups(groups: list[dict[str, torch.Tensor]], padding_side: str, pad_id: int) -> dict[str, torch.Tensor]:
     """Tokenized groups -> one batch (rows in group order), each padded on `padding_side` to the widest group: one
     forward instead of one per group (what sentence-transformers 6 does for a loss's candidate columns). Fewer,
@@ -57,7 +69,7 @@ class Collator:
         t = self.tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         return {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"]}
 
-    def __call__(self, task: str, records: list[dict[str, Any]], instruction: str | None,
+    def __call__(self, task: str, records: list[dict[str, Any]], instruction: str | list[str] | None,
                  part: slice | None = None):
         """-> (groups, aux): groups are tokenized batches in loss-argument order; aux holds label tensors.
 
@@ -67,7 +79,7 @@ class Collator:
         groups (the negatives group may be empty for a process when others have negatives).
         """
         part = part or slice(None)
-        ins = [r.get("instruction", instruction) for r in records]
+        ins = [pick_instruction(r, instruction) for r in records]
         if task == "sts":
             mine = list(zip(records, ins))[part]
             a = [self._fmt(r["text1"], i) for r, i in mine]

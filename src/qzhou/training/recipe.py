@@ -33,8 +33,14 @@ class DatasetRef(Strict):
     name: str
     path: Path
     task: Literal["retrieval", "sts", "classification"]
-    instruction: str | None = None
+    instruction: str | list[str] | None = None  # a list: paraphrases, one per record (collate.pick_instruction)
     batch_size: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetRef:
+        if isinstance(self.instruction, list) and (not self.instruction or not all(self.instruction)):
+            raise ValueError(f"dataset {self.name!r}: `instruction` list must hold non-empty strings")
+        return self
 
 
 class StageSpec(Strict):
