@@ -19,6 +19,7 @@ class ModelSpec(Strict):
     attention: Literal["bidirectional", "causal"] | None = None
     pooling: Literal["mean", "last", "cls"] | None = None
     gradient_checkpointing: bool = False
+    layers: int | None = None  # keep only the base model's first N transformer layers (Embedder.keep_layers)
 
 
 class LoraSpec(Strict):

@@ -69,6 +69,8 @@ def _base_model(cfg: TrainConfig) -> str:
 def build_embedder(cfg: TrainConfig, source: str, first: bool) -> Embedder:
     kwargs = {"attention": cfg.model.attention, "pooling": cfg.model.pooling} if first else {}
     e = Embedder.load(source, dtype="float32", device="cpu", **{k: v for k, v in kwargs.items() if v})
+    if first and cfg.model.layers and cfg.model.layers != e.backbone.config.num_hidden_layers:
+        e.keep_layers(cfg.model.layers)  # (a resumed first stage loads its checkpoint: already cut)
     if cfg.model.gradient_checkpointing:
         e.backbone.gradient_checkpointing_enable()
     if cfg.lora is not None:
