@@ -17,6 +17,7 @@ import json
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,10 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16(cfg.precision) else "no", cpu=cpu_ddp,
                               step_scheduler_with_optimizer=False)
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if accelerator.distributed_type == DistributedType.MULTI_CPU and os.environ.get("ACCELERATE_USE_FSDP", "").lower() \
+            in ("1", "true") and accelerator.is_main_process:  # accelerate picks FSDP only with GPU-like devices
+        warnings.warn("FSDP was asked for, but accelerate runs several CPU processes as plain DDP (every process "
+                      "holds the whole model); FSDP needs GPUs here", stacklevel=2)
     stage_dir.mkdir(parents=True, exist_ok=True)
     specs = {d.name: d for d in cfg.datasets}
     datasets = [specs[n] for n in stage.datasets]
@@ -269,7 +274,10 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
             last = latest_checkpoint(stage_dir)
             raise TrainingError(f"{stage.name}: loss is {loss.item()} at step {step + 1} (dataset {spec.name!r}); "
                                 f"last good checkpoint: {last or 'none'}. Lower the learning rate or check the data.")
-        norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))  # inf: measure only
+        # inf: measure only. The prepared model's parameters, all of them (frozen ones have no gradient): FSDP2
+        # replaces the parameters by sharded DTensors, and accelerate clips with the norm over every process's
+        # shard only when given exactly the model's parameters
+        norm = accelerator.clip_grad_norm_(list(model.parameters()), cfg.max_grad_norm or float("inf"))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
