@@ -23,7 +23,8 @@ Target: qzhou tokens/s >= 1.0x sentence-transformers MNRL tokens/s.
 
 Run:  python bench/train_speed.py [--steps 12] [--warmup 2] [--batch 32] [--max-length 64]
                                   [--precision bf16-mixed|fp32] [--attention causal|bidirectional] [--threads N]
-                                  [--rounds 2] [--device cpu|cuda] [--base FOLDER] [--out bench/results/train_speed.json]
+                                  [--rounds 2] [--device cpu|cuda] [--base FOLDER] [--length-buckets 4 [1 ...]]
+                                  [--out bench/results/train_speed.json]
 --base: another model folder of the same shape (e.g. SmolLM2's config with random weights on a GPU machine, where
 the real weights are not at hand); throughput does not depend on the weights' values.
 """
@@ -68,7 +69,7 @@ def summarize(name: str, tokens: list[int], seconds: list[float], warmup: int, d
                 threads=torch.get_num_threads(), step_seconds=[round(s, 4) for s in seconds])
 
 
-def run_qzhou(args, data: Path, tmp: Path) -> dict:
+def run_qzhou(args, data: Path, tmp: Path, buckets: int) -> dict:
     from qzhou.training.recipe import TrainConfig
     from qzhou.training.trainer import train
 
@@ -78,7 +79,7 @@ def run_qzhou(args, data: Path, tmp: Path) -> dict:
         stages=[{"name": "bench", "datasets": ["snli"], "steps": args.steps, "lr": 2e-5, "warmup_steps": 0}],
         output_dir=tmp / "qzhou", precision=args.precision, retrieval_loss="qzhou", hard_negatives=1,
         batch_size={"retrieval": args.batch}, query_max_length=args.max_length,
-        passage_max_length=args.max_length, checkpoint_every=0, log_every=max(1, args.steps))
+        passage_max_length=args.max_length, checkpoint_every=0, log_every=max(1, args.steps), length_buckets=buckets)
     seen: list[str] = []
     handle = dtype_probe(seen)
     try:
@@ -88,7 +89,7 @@ def run_qzhou(args, data: Path, tmp: Path) -> dict:
     rows = [json.loads(x) for x in (cfg.output_dir / "bench" / "losses.jsonl").read_text().splitlines()]
     if not rows or "tokens" not in rows[0] or "seconds" not in rows[0]:
         raise SystemExit("qzhou's losses.jsonl has no per-step 'tokens' / 'seconds': this trainer predates them")
-    return summarize(f"qzhou InfoNCE ({args.attention})", [r["tokens"] for r in rows],
+    return summarize(f"qzhou InfoNCE ({args.attention}), {buckets} length bucket{'s' if buckets > 1 else ''}", [r["tokens"] for r in rows],
                      [r["seconds"] for r in rows], args.warmup, seen, [r["padded_tokens"] for r in rows])
 
 
@@ -203,6 +204,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--base", type=Path, default=None, help="model folder (default: the SmolLM2-135M cache)")
+    ap.add_argument("--length-buckets", type=int, nargs="+", default=[4],
+                    help="qzhou contenders, one per value (the first is the verdict's): forwards per merged batch, "
+                         "rows grouped by length; 1 = one forward per batch")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_speed.json")
     args = ap.parse_args()
     if not args.data.is_file():
@@ -215,25 +219,27 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     folder = args.base or smollm2_folder()
-    runs: dict[str, list[dict]] = {"st": [], "qz": []}
+    names = ["st", *(f"qz{n}" for n in args.length_buckets)]
+    runs: dict[str, list[dict]] = {k: [] for k in names}
     for r in range(args.rounds):  # ABBA order: ST, qzhou, then qzhou, ST: drift on a shared machine hits both
-        for name in ("st", "qz") if r % 2 == 0 else ("qz", "st"):
+        for name in names if r % 2 == 0 else names[::-1]:
             with tempfile.TemporaryDirectory() as tmp:
                 runs[name].append(run_st(args, folder, args.data, Path(tmp)) if name == "st"
-                                  else run_qzhou(args, args.data, Path(tmp)))
-    st, qz = (pool(runs[k]) for k in ("st", "qz"))
-    for r in (st, qz):
+                                  else run_qzhou(args, args.data, Path(tmp), int(name[2:])))
+    st, *qzs = (pool(runs[k]) for k in names)
+    qz = qzs[0]
+    for r in (st, *qzs):
         r["ratio_vs_st"] = r["tokens_per_s"] / st["tokens_per_s"]
 
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.threads} threads, {cpu_name()}"
     print(f"\n### {folder.name}, B={args.batch}, L={args.max_length}, {args.precision}, {where}\n")
-    for r in (st, qz):
+    for r in (st, *qzs):
         r["padded_tokens_per_s"] = r["padded_tokens"] / r["seconds"]
         r["padded_ratio_vs_st"] = r["padded_tokens_per_s"] / (st["padded_tokens"] / st["seconds"])
     print("| contender | steps timed | real tokens | computed tokens | seconds | tokens/s | per round | vs ST "
           "| computed tokens/s vs ST | compute dtype |")
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|---|")
-    for r in (st, qz):
+    for r in (st, *qzs):
         rounds = " / ".join(f"{x:,.0f}" for x in r["per_round_tokens_per_s"])
         print(f"| {r['contender']} | {r['steps']} | {r['tokens']:,} | {r['padded_tokens']:,} | {r['seconds']:.2f} "
               f"| {r['tokens_per_s']:,.0f} | {rounds} | {r['ratio_vs_st']:.2f}x | {r['padded_ratio_vs_st']:.2f}x "
@@ -247,7 +253,7 @@ def main() -> None:
     versions = {"torch": torch.__version__, "transformers": transformers.__version__,
                 "sentence-transformers": sentence_transformers.__version__}
     args.out.write_text(json.dumps(dict(settings=settings, versions=versions, cpu=cpu_name(), device=where,
-                                        results=[st, qz], verdict=line), indent=2))
+                                        results=[st, *qzs], verdict=line), indent=2))
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@ the embeddings of one forward per group, for left (decoders) and right (BERT) pa
 
 from __future__ import annotations
 
+import itertools
+import random
+
 import pytest
 import torch
 from test_trainer import sent
 
 from qzhou.modeling.embedder import Embedder
-from qzhou.training.collate import Collator, merge_groups, merge_pays
+from qzhou.training.collate import Collator, embed_in_runs, length_runs, merge_groups, merge_pays
 
 
 @pytest.mark.parametrize("arch,attention,pooling", [("qwen2", "bidirectional", "mean"), ("qwen3", "causal", "last"),
@@ -100,3 +103,56 @@ def test_recipe_refuses_empty_instruction_lists(tmp_path):
         load_recipe(tmp_path / "r.yaml")
     ok = load_recipe(tmp_path / "r.yaml", ["datasets.0.instruction=[one, two]"])
     assert ok.datasets[0].instruction == ["one", "two"]
+
+
+def test_length_runs_is_the_cheapest_cut():
+    """Against every way to cut the rows (sorted by length) into at most `most` contiguous runs."""
+    rng = random.Random(0)
+
+    def cost(runs, lengths, overhead):
+        return sum(len(r) * max(lengths[i] for i in r) + overhead for r in runs)
+
+    for _ in range(60):
+        lengths = [rng.randint(1, 40) for _ in range(rng.randint(1, 9))]
+        most, overhead = rng.randint(1, 4), rng.choice([0, 16, 64])
+        runs = length_runs(lengths, most, overhead)
+        assert sorted(i for r in runs for i in r) == list(range(len(lengths))) and 1 <= len(runs) <= most
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        best = min(cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], lengths, overhead)
+                   for k in range(min(most, len(order)))
+                   for cuts in itertools.combinations(range(1, len(order)), k))
+        assert cost(runs, lengths, overhead) == best, (lengths, most, overhead)
+
+
+@pytest.mark.parametrize("arch,attention,pooling", [("qwen2", "bidirectional", "mean"), ("qwen3", "causal", "last"),
+                                                    ("bert", None, "cls")])
+def test_embedding_in_length_runs_equals_one_forward(base_dirs, arch, attention, pooling):
+    """Embeddings and parameter gradients equal one forward over the padded batch (left and right padding)."""
+    e = Embedder.load(base_dirs[arch], dtype="float32", device="cpu",
+                      **{k: v for k, v in (("attention", attention), ("pooling", pooling)) if v})
+    e.eval()
+    texts = [sent(i, n) for i, n in enumerate([1, 9, 2, 14, 3, 3, 20, 1, 6])]
+    batch = e.tokenizer(texts, padding=True, return_tensors="pt")
+    batch = merge_groups([{k: batch[k] for k in ("input_ids", "attention_mask")},
+                          e.tokenizer(["x " * 30], return_tensors="pt")], e.config.padding_side,
+                         e.tokenizer.pad_token_id)  # one wide row, then drop it: all-pad columns to cut
+    batch = {k: v[:-1] for k, v in batch.items()}
+    calls = []
+
+    def forward(b):
+        calls.append(b["input_ids"].shape)
+        return e(b["input_ids"], b["attention_mask"])
+
+    weights = torch.randn(len(texts), e.hidden_size)
+    plain = e(batch["input_ids"], batch["attention_mask"])
+    (plain * weights).sum().backward()
+    want = [None if p.grad is None else p.grad.clone() for p in e.parameters()]  # (BERT's pooler: unused)
+    e.zero_grad()
+    got = embed_in_runs(forward, batch, e.config.padding_side, most=3)
+    (got * weights).sum().backward()
+    torch.testing.assert_close(got, plain, atol=2e-5, rtol=1e-4)
+    for g, w in zip((p.grad for p in e.parameters()), want):
+        assert (g is None) == (w is None)
+        if w is not None:
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    assert len(calls) == 3 and sum(r * w for r, w in calls) < batch["input_ids"].numel() / 2

@@ -54,6 +54,60 @@ def merge_pays(groups: list[dict[str, torch.Tensor]], slack: float = 0.1) -> boo
     return sum(rows for rows, _ in shapes) * max(width for _, width in shapes) <= (1 + slack) * separate
 
 
+def length_runs(lengths: list[int], most: int, overhead: int = 0) -> list[list[int]]:
+    """Row indices cut into at most `most` runs of like length, for one forward each: rows sorted by length (ties
+    by index), cut where the total computed tokens — each run's rows × its longest row, plus `overhead` tokens per
+    forward — is least (exact dynamic program over the distinct lengths)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    values = sorted(set(lengths))
+    count = [sum(1 for x in lengths if x == v) for v in values]
+    m = len(values)
+    prefix = [0]
+    for c in count:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    # best[k][j]: least cost of the rows with the j smallest distinct lengths in k runs; cut[k][j]: the last run's start
+    best = [[inf] * (m + 1) for _ in range(most + 1)]
+    cut = [[0] * (m + 1) for _ in range(most + 1)]
+    best[0][0] = 0
+    for k in range(1, most + 1):
+        for j in range(1, m + 1):
+            for i in range(j):
+                cost = best[k - 1][i] + (prefix[j] - prefix[i]) * values[j - 1] + overhead
+                if cost < best[k][j]:
+                    best[k][j], cut[k][j] = cost, i
+    k = min(range(1, most + 1), key=lambda k: (best[k][m], k)) if m else 0
+    runs, j = [], m
+    while k > 0:
+        i = cut[k][j]
+        runs.append(order[prefix[i]:prefix[j]])
+        j, k = i, k - 1
+    return runs[::-1]
+
+
+def embed_in_runs(forward, batch: dict[str, torch.Tensor], padding_side: str, most: int,
+                  overhead: int = 0) -> torch.Tensor:
+    """`forward(batch) -> (rows, D)` run once per run of like-length rows (`length_runs`), each cut to its longest
+    row (padding columns dropped on `padding_side`), then put back in row order: the embeddings of one forward over
+    the whole batch, at the cost of the real lengths rather than the widest row. Rotary positions are relative, so
+    dropping left padding changes nothing; right padding keeps absolute positions too."""
+    mask = batch["attention_mask"]
+    lengths = mask.sum(1).tolist()
+    width = mask.shape[1]
+    outs, order = [], []
+    for run in length_runs(lengths, most, overhead):
+        rows = torch.tensor(run)
+        keep = max(1, max(lengths[i] for i in run))
+        cols = slice(width - keep, width) if padding_side == "left" else slice(0, keep)
+        outs.append(forward({"input_ids": batch["input_ids"][rows][:, cols], "attention_mask": mask[rows][:, cols]}))
+        order.extend(run)
+    if order == list(range(len(order))):
+        return torch.cat(outs)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(outs)[inverse.to(outs[0].device)]
+
+
 class Collator:
     def __init__(self, tokenizer, config: EmbedderConfig, query_max_length: int, passage_max_length: int,
                  hard_negatives: int, seed: int = 0):

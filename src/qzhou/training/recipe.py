@@ -70,6 +70,7 @@ class TrainConfig(Strict):
     hard_negatives: int = 4
     batch_size: dict[str, int] = {"retrieval": 32, "sts": 64, "classification": 32}
     chunk_size: int | None = None  # GradCache chunk (rows); None = plain forward
+    length_buckets: int = 4  # forwards per merged batch, rows grouped by length (one process); 1 = one forward
     query_max_length: int = 256
     passage_max_length: int = 1536
     alpha: float = 0.5
@@ -84,6 +85,8 @@ class TrainConfig(Strict):
             missing = [n for n in stage.datasets if n not in names]
             if missing:
                 raise ValueError(f"stage {stage.name!r} names unknown datasets {missing}; known: {sorted(names)}")
+        if self.length_buckets < 1:
+            raise ValueError("length_buckets must be >= 1")
         if self.query_max_length < 1 or self.passage_max_length < 1:
             raise ValueError("query_max_length and passage_max_length must be >= 1")
         return self

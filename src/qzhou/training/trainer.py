@@ -28,7 +28,7 @@ from qzhou.data.readers import DataError, read_rows
 from qzhou.data.records import check_record, texts_of
 from qzhou.data.sampler import MultiTaskBatchSampler
 from qzhou.modeling.embedder import Embedder
-from qzhou.training.collate import Collator, merge_groups, merge_pays
+from qzhou.training.collate import Collator, embed_in_runs, merge_groups, merge_pays
 from qzhou.training.gradcache import gradcache_backward
 from qzhou.training.objectives import LossConfig, classification_loss, retrieval_loss, sts_loss
 from qzhou.training.recipe import StageSpec, TrainConfig
@@ -40,6 +40,8 @@ from qzhou.training.saving import (
     set_rng_state,
     write_checkpoint,
 )
+
+RUN_OVERHEAD_TOKENS = 64  # what one more forward costs, in tokens, when rows are grouped by length
 
 
 class TrainingError(RuntimeError):
@@ -204,10 +206,17 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
 
     computed = [0]  # tokens run through the model this step, padding included (forwards with a graph)
 
-    def embed(f):
+    def forward(f):
         if torch.is_grad_enabled():
             computed[0] += f["input_ids"].numel()
         return model(f["input_ids"].to(device), f["attention_mask"].to(device))
+
+    # Rows grouped by length into up to `length_buckets` forwards (one process: several processes run the same
+    # forwards on each, for DDP's buffers and FSDP / ZeRO's gathers, so there each batch only loses its pad columns)
+    runs = cfg.length_buckets if world == 1 else 1
+
+    def embed(f):
+        return embed_in_runs(forward, f, embedder.config.padding_side, runs, RUN_OVERHEAD_TOKENS)
 
     pad_id = embedder.tokenizer.pad_token_id or 0
 
@@ -218,7 +227,7 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
         sides of an STS pair. Queries join them where that pads little (see `merge_pays`); under several processes
         they keep their own batch, so that every process runs the same number of forwards whatever its rows (DDP
         broadcasts buffers at each forward). Plain steps embed each batch in one forward; GradCache chunks them."""
-        first = 0 if task == "sts" or (world == 1 and merge_pays(groups)) else 1
+        first = 0 if task == "sts" or (world == 1 and (runs > 1 or merge_pays(groups))) else 1
         sizes = [g["input_ids"].shape[0] for g in groups[first:]]
         merged = merge_groups([g for g in groups[first:] if g["input_ids"].shape[0]], embedder.config.padding_side,
                               pad_id)
