@@ -58,14 +58,18 @@ def run(args: list[str]) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_two_processes_follow_one(tmp_path, base_dirs):
+def assert_uneven_negatives() -> None:
+    """Stage 1 replayed: some batch gives one process no hard negatives while the other has some."""
     from qzhou.data.sampler import MultiTaskBatchSampler
 
-    # stage 1 replayed: some batch gives one process no hard negatives while the other has some
     sampler = MultiTaskBatchSampler([16], ["retrieval"], [8], seed=0)
     halves = [[sum(r % 5 == 0 for r in rows[:4]), sum(r % 5 == 0 for r in rows[4:])]
               for rows in (sampler.next_batch()[1] for _ in range(3))]
     assert any(0 in h and max(h) > 0 for h in halves), halves
+
+
+def test_two_processes_follow_one(tmp_path, base_dirs):
+    assert_uneven_negatives()
     base = base_dirs["qwen2"]
     run(["-m", "qzhou.cli", "train", str(write(tmp_path, base, "single", 1))])
     for name, extra in (("double", {}), ("double-gradcache", {"chunk_size": 1})):

@@ -61,16 +61,10 @@ def launch(recipe: Path, *args: str) -> None:
 
 def test_fsdp_two_processes_follow_one(tmp_path, base_dirs):
     from test_trainer import weights
-    from test_trainer_distributed import losses, run, write
+    from test_trainer_distributed import assert_uneven_negatives, losses, run, write
 
-    from qzhou.data.sampler import MultiTaskBatchSampler
-
-    # stage 1 replayed: some batch gives one process hard negatives and the other none, so with one-row chunks the
-    # processes embed different numbers of chunks (GradCache pads the smaller count to the larger)
-    sampler = MultiTaskBatchSampler([16], ["retrieval"], [8], seed=0)
-    halves = [[sum(r % 5 == 0 for r in rows[:4]), sum(r % 5 == 0 for r in rows[4:])]
-              for rows in (sampler.next_batch()[1] for _ in range(3))]
-    assert any(0 in h and max(h) > 0 for h in halves), halves
+    # with one-row chunks the processes then embed different numbers of chunks (GradCache pads the smaller count)
+    assert_uneven_negatives()
     base = base_dirs["qwen2"]
     run(["-m", "qzhou.cli", "train", str(write(tmp_path, base, "single", 1))])  # the reference: 1 process, plain
     recipe = write(tmp_path, base, "fsdp", 2, chunk_size=1, checkpoint_every=2)
