@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import Counter
 from typing import Any
 
 import torch
@@ -60,7 +61,8 @@ def length_runs(lengths: list[int], most: int, overhead: int = 0) -> list[list[i
     forward — is least (exact dynamic program over the distinct lengths)."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     values = sorted(set(lengths))
-    count = [sum(1 for x in lengths if x == v) for v in values]
+    tally = Counter(lengths)
+    count = [tally[v] for v in values]
     m = len(values)
     prefix = [0]
     for c in count:
@@ -77,6 +79,8 @@ def length_runs(lengths: list[int], most: int, overhead: int = 0) -> list[list[i
                 if cost < best[k][j]:
                     best[k][j], cut[k][j] = cost, i
     k = min(range(1, most + 1), key=lambda k: (best[k][m], k)) if m else 0
+    if k <= 1:  # one forward: the rows stay in their order
+        return [list(range(len(lengths)))]
     runs, j = [], m
     while k > 0:
         i = cut[k][j]
