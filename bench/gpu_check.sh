@@ -36,8 +36,8 @@ if [[ " $PARTS " == *" 2 "* ]]; then
   echo "== 2. speed vs sentence-transformers"
   for shape in "32 64" "64 128"; do set -- $shape
     log=/tmp/speed-b$1-l$2.log
-    timeout 120 $PY bench/train_speed.py --device cuda --base /tmp/smollm2-shape-random --batch "$1" --max-length "$2" \
-      --steps 40 --warmup 5 --out "$OUT/train_speed_gpu_b$1_l$2.json" > "$log" 2>&1 \
+    timeout 180 $PY bench/train_speed.py --device cuda --base /tmp/smollm2-shape-random --batch "$1" --max-length "$2" \
+      --steps 40 --warmup 5 --length-buckets 4 1 --out "$OUT/train_speed_gpu_b$1_l$2.json" > "$log" 2>&1 \
       && grep -E "^\||PASS|FAIL|###" "$log" || { echo "train_speed failed:"; tail -c 3000 "$log"; }
   done
 fi
