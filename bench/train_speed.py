@@ -219,13 +219,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     folder = args.base or smollm2_folder()
-    names = ["st", *(f"qz{n}" for n in args.length_buckets)]
-    runs: dict[str, list[dict]] = {k: [] for k in names}
+    names: list[int | None] = [None, *args.length_buckets]  # None: sentence-transformers; n: qzhou, n buckets
+    runs: dict[int | None, list[dict]] = {k: [] for k in names}
     for r in range(args.rounds):  # ABBA order: ST, qzhou, then qzhou, ST: drift on a shared machine hits both
         for name in names if r % 2 == 0 else names[::-1]:
             with tempfile.TemporaryDirectory() as tmp:
-                runs[name].append(run_st(args, folder, args.data, Path(tmp)) if name == "st"
-                                  else run_qzhou(args, args.data, Path(tmp), int(name[2:])))
+                runs[name].append(run_st(args, folder, args.data, Path(tmp)) if name is None
+                                  else run_qzhou(args, args.data, Path(tmp), name))
     st, *qzs = (pool(runs[k]) for k in names)
     qz = qzs[0]
     for r in (st, *qzs):

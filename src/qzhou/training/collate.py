@@ -59,9 +59,11 @@ def length_runs(lengths: list[int], most: int, overhead: int = 0) -> list[list[i
     """Row indices cut into at most `most` runs of like length, for one forward each: rows sorted by length (ties
     by index), cut where the total computed tokens — each run's rows × its longest row, plus `overhead` tokens per
     forward — is least (exact dynamic program over the distinct lengths)."""
+    if most <= 1 or len(set(lengths)) <= 1:  # one forward: the rows stay in their order
+        return [list(range(len(lengths)))]
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    values = sorted(set(lengths))
     tally = Counter(lengths)
+    values = sorted(tally)
     count = [tally[v] for v in values]
     m = len(values)
     prefix = [0]
@@ -78,8 +80,8 @@ def length_runs(lengths: list[int], most: int, overhead: int = 0) -> list[list[i
                 cost = best[k - 1][i] + (prefix[j] - prefix[i]) * values[j - 1] + overhead
                 if cost < best[k][j]:
                     best[k][j], cut[k][j] = cost, i
-    k = min(range(1, most + 1), key=lambda k: (best[k][m], k)) if m else 0
-    if k <= 1:  # one forward: the rows stay in their order
+    k = min(range(1, most + 1), key=lambda k: (best[k][m], k))
+    if k == 1:
         return [list(range(len(lengths)))]
     runs, j = [], m
     while k > 0:
@@ -98,15 +100,16 @@ def embed_in_runs(forward, batch: dict[str, torch.Tensor], padding_side: str, mo
     mask = batch["attention_mask"]
     lengths = mask.sum(1).tolist()
     width = mask.shape[1]
+    runs = length_runs(lengths, most, overhead)
     outs, order = [], []
-    for run in length_runs(lengths, most, overhead):
-        rows = torch.tensor(run)
-        keep = max(1, max(lengths[i] for i in run))
+    for run in runs:
+        rows = slice(None) if len(runs) == 1 else torch.tensor(run)  # one run: every row, in order (no copy)
+        keep = max([1, *(lengths[i] for i in run)])
         cols = slice(width - keep, width) if padding_side == "left" else slice(0, keep)
         outs.append(forward({"input_ids": batch["input_ids"][rows][:, cols], "attention_mask": mask[rows][:, cols]}))
         order.extend(run)
-    if order == list(range(len(order))):
-        return torch.cat(outs)
+    if len(runs) == 1:
+        return outs[0]
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return torch.cat(outs)[inverse.to(outs[0].device)]

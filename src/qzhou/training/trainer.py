@@ -224,9 +224,10 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
         """Groups -> (batches to embed, a function from their embeddings back to one tensor per group).
 
         Like-shaped groups share one batch: documents (positives + negatives, cut at the passage length), or both
-        sides of an STS pair. Queries join them where that pads little (see `merge_pays`); under several processes
-        they keep their own batch, so that every process runs the same number of forwards whatever its rows (DDP
-        broadcasts buffers at each forward). Plain steps embed each batch in one forward; GradCache chunks them."""
+        sides of an STS pair. In one process queries join them too: always with length buckets (`embed` then cuts
+        the batch by length), else where that pads little (see `merge_pays`); under several processes they keep
+        their own batch, so that every process runs the same number of forwards whatever its rows (DDP broadcasts
+        buffers at each forward). Plain steps embed each batch with `embed`; GradCache chunks them first."""
         first = 0 if task == "sts" or (world == 1 and (runs > 1 or merge_pays(groups))) else 1
         sizes = [g["input_ids"].shape[0] for g in groups[first:]]
         merged = merge_groups([g for g in groups[first:] if g["input_ids"].shape[0]], embedder.config.padding_side,
