@@ -166,16 +166,10 @@ class Embedder(nn.Module):
         """
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"text {i} is {type(t).__name__}, not str")
-            if not t.strip():
-                raise ValueError(f"text {i} is empty; embedders need at least one real token")
         if dim is not None and not 1 <= dim <= self.hidden_size:
             raise ValueError(f"dim must be between 1 and the hidden size {self.hidden_size} (got {dim})")
+        ids = self.tokenize(texts, prompt_name=prompt_name, instruction=instruction)
         self.backbone.eval()
-        ids = self.tokenizer(self.format(texts, prompt_name, instruction), truncation=True,
-                             max_length=self.config.max_length)["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = torch.empty(len(ids), dim or self.hidden_size, dtype=torch.float32)
         real = computed = 0
@@ -195,6 +189,45 @@ class Embedder(nn.Module):
         self.last_stats = {"real_tokens": real, "computed_tokens": computed}
         result = out[0] if single else out
         return result.numpy() if convert_to == "numpy" else result
+
+    def tokenize(self, texts: Sequence[str], *, prompt_name: str | None = None, instruction: str | None = None,
+                 truncate: bool = True) -> list[list[int]]:
+        """The token ids `encode` feeds the model (template applied, `append_token` added, cut to max_length).
+        Separate from the forward so that a server can tokenize off its model thread and batch token lists from
+        many requests (`pooled_ids`). `truncate=False`: a text over max_length is an error instead of cut."""
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"text {i} is {type(t).__name__}, not str")
+            if not t.strip():
+                raise ValueError(f"text {i} is empty; embedders need at least one real token")
+        formatted = self.format(texts, prompt_name, instruction)
+        limit = self.config.max_length
+        if truncate:
+            return self.tokenizer(formatted, truncation=True, max_length=limit)["input_ids"]
+        ids = self.tokenizer(formatted)["input_ids"]
+        for i, x in enumerate(ids):
+            if len(x) > limit:
+                raise ValueError(f"text {i} has {len(x)} tokens, over the max length {limit}; shorten it or "
+                                 "allow truncation")
+        return ids
+
+    @torch.inference_mode()
+    def pooled_ids(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """One padded forward over token-id lists -> (B, hidden) float32 pooled vectors on the CPU, before
+        Matryoshka truncation and normalisation (`pooling.finalize` does both, per caller). Pads by hand with the
+        tokenizer's pad id and side, so it never touches the tokenizer another thread may be using."""
+        self.backbone.eval()
+        width = max(len(x) for x in ids)
+        pad, left = self.tokenizer.pad_token_id, self.tokenizer.padding_side == "left"
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, x in enumerate(ids):
+            cols = slice(width - len(x), width) if left else slice(0, len(x))
+            input_ids[row, cols] = torch.tensor(list(x), dtype=torch.long)
+            mask[row, cols] = 1
+        mask = mask.to(self.device)
+        hidden = self.backbone(input_ids=input_ids.to(self.device), attention_mask=mask).last_hidden_state
+        return pool(hidden, mask, self.config.pooling).cpu()
 
 
 def _token_batches(order: list[int], lengths: list[int], batch_tokens: int, max_batch_size: int):
