@@ -109,8 +109,11 @@ def test_retrieval_passthrough_and_field_errors(tmp_path):
     convert("retrieval", src, tmp_path / "o.jsonl", fields={"query": "q", "pos": "p", "neg": "n"}, progress=False)
     assert records(tmp_path / "o.jsonl") == [{"query": "x", "pos": ["y"], "neg": ["z"]}]
     with pytest.raises(DataError, match=r"r.jsonl:1: no field 'query' for query .*--field query=NAME"):
-        convert("retrieval", src, tmp_path / "o.jsonl", progress=False)
-    assert not (tmp_path / "o.jsonl.partial").exists()
+        convert("retrieval", src, tmp_path / "o2.jsonl", on_error="fail", progress=False)
+    assert not (tmp_path / "o2.jsonl.partial").exists() and not (tmp_path / "o2.jsonl").exists()
+    s = convert("retrieval", src, tmp_path / "o2.jsonl", progress=False)  # skip mode: the row is skipped, named
+    assert (s["rows_read"], s["written"], s["skipped"]) == (1, 0, 1)
+    assert "--field query=NAME" in records(tmp_path / "o2.skipped.jsonl")[0]["reason"]
     with pytest.raises(DataError, match="not a role of retrieval"):
         convert("retrieval", src, tmp_path / "o.jsonl", fields={"title": "q"}, progress=False)
     with pytest.raises(DataError, match="unknown converter"):

@@ -1,18 +1,22 @@
-"""Reading texts to embed (.txt, .jsonl, .csv/.tsv, .parquet) and writing embeddings (.npy, .parquet).
+"""Reading texts to embed (.txt, .jsonl, .csv/.tsv, .parquet, or a folder of them) and writing embeddings
+(.npy, .parquet).
 
-Every bad row is an error naming the file, the line (or row) and the field; nothing is skipped silently.
+Decoding goes through the one reader layer (`qzhou.data.readers`): BOM, blank JSONL lines, quoted CSV newlines
+and bad bytes are handled exactly as `qzhou data convert` handles them. Encoding is strict: a bad row is an error
+naming the file, the line (or row) and the field; nothing is skipped silently, since row i of the output must be
+text i of the input.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from qzhou.data.readers import DataError, decode_lines
+from qzhou.data.readers import DataError, decode_lines, read_rows
 
 READABLE = (".txt", ".jsonl", ".csv", ".tsv", ".parquet")
 WRITABLE = (".npy", ".parquet")
@@ -21,8 +25,13 @@ WRITABLE = (".npy", ".parquet")
 InputError = DataError  # a bad input row; the message names file, line and field
 
 
-def _decode_lines(path: Path) -> list[str]:
-    return [line for _, line in decode_lines(path)]
+@dataclass
+class Inputs:
+    """Texts to embed and, when the input has them, their ids (kept in the parquet output)."""
+
+    texts: list[str] = dc_field(default_factory=list)
+    ids: list[Any] | None = None
+    id_field: str | None = None
 
 
 def _check(text, where: str, field: str | None) -> str:
@@ -34,48 +43,79 @@ def _check(text, where: str, field: str | None) -> str:
     return text
 
 
-def read_texts(path: str | Path, field: str | None = None) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+def _txt(path: Path, field: str | None, id_field: str | None) -> Inputs:
+    if field or id_field:
+        flag = "--field" if field else "--id-field"
+        raise InputError(f"{path}: {flag} does not apply to .txt files (one text per line, no fields)")
+    return Inputs([_check(t, f"{path}:{n}", None) for n, t in decode_lines(path)])
+
+
+def _rows(path: Path):
     suffix = path.suffix.lower()
-    if suffix == ".txt":
-        if field:
-            raise InputError(f"{path}: --field does not apply to .txt files (one text per line)")
-        return [_check(t, f"{path}:{n}", None) for n, t in enumerate(_decode_lines(path), 1)]
-    field = field or "text"
-    if suffix == ".jsonl":
-        texts = []
-        for n, line in enumerate(_decode_lines(path), 1):
-            if not line.strip():
-                raise InputError(f"{path}:{n}: empty line (every line must be a JSON object)")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict) or field not in row:
-                keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise InputError(f"{path}:{n}: no field {field!r} (found {keys}); choose one with --field")
-            texts.append(_check(row[field], f"{path}:{n}", field))
-        return texts
-    if suffix in (".csv", ".tsv"):
-        body = "\n".join(_decode_lines(path))
-        reader = csv.DictReader(io.StringIO(body), delimiter="\t" if suffix == ".tsv" else ",")
-        if reader.fieldnames is None or field not in reader.fieldnames:
-            raise InputError(f"{path}:1: no column {field!r} in the header (found {reader.fieldnames}); choose one with --field")
-        return [_check(row[field], f"{path}:{reader.line_num}", field) for row in reader]
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        names = pq.read_schema(path).names
-        if field not in names:
-            raise InputError(f"{path}: no column {field!r} (found {names}); choose one with --field")
-        column = pq.read_table(path, columns=[field]).column(field).to_pylist()
-        return [_check(t, f"{path}: row {i}", field) for i, t in enumerate(column)]
-    raise InputError(f"{path}: unsupported input type {suffix!r}; use one of {', '.join(READABLE)}")
+        yield from read_rows(path)
+        return
+    yield from read_rows(path, delimiter="\t" if suffix == ".tsv" else "," if suffix == ".csv" else None)
 
 
-def write_embeddings(path: str | Path, embeddings: np.ndarray, texts: list[str] | None = None) -> Path:
+def _table(path: Path, field: str | None, id_field: str | None) -> Inputs:
+    """Rows of a JSONL / CSV / TSV / Parquet file: the text of `field` (default `text`) and the id of
+    `id_field` (default `id` when the first row has one; then every row must)."""
+    field = field or "text"
+    out = Inputs(id_field=id_field)
+    for where, row in _rows(path):
+        if field not in row:
+            raise InputError(f"{where}: no field {field!r} (found {sorted(row)}); choose one with --field")
+        if out.id_field is None and not out.texts and "id" in row:
+            out.id_field = "id"
+        if out.id_field is not None:
+            if out.id_field not in row or row[out.id_field] is None:
+                raise InputError(f"{where}: no id field {out.id_field!r} (found {sorted(row)}); choose one with "
+                                 "--id-field, or give every row one")
+            out.ids = [] if out.ids is None else out.ids
+            out.ids.append(row[out.id_field])
+        out.texts.append(_check(row[field], where, field))
+    return out
+
+
+def input_files(path: str | Path) -> list[Path]:
+    """The files `path` names: itself, or every readable file of a folder in sorted order."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in READABLE
+                       and not p.name.startswith("."))
+        if not files:
+            raise InputError(f"{path}: a folder with no readable file ({', '.join(READABLE)})")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.suffix.lower() not in READABLE:
+        raise InputError(f"{path}: unsupported input type {path.suffix.lower()!r}; use one of {', '.join(READABLE)}")
+    return [path]
+
+
+def read_inputs(path: str | Path, field: str | None = None, id_field: str | None = None) -> Inputs:
+    """Texts (and ids) of a file or of a folder's files in sorted order; an empty input is an error."""
+    out = Inputs()
+    for file in input_files(path):
+        part = _txt(file, field, id_field) if file.suffix.lower() == ".txt" else _table(file, field, id_field)
+        if out.texts and (out.ids is None) != (part.ids is None):
+            raise InputError(f"{file}: {'has' if part.ids is not None else 'lacks'} an id field where the files "
+                             f"before it in {path} do not; give every file ids (or none)")
+        if part.ids is not None:
+            out.ids, out.id_field = (out.ids or []) + part.ids, part.id_field
+        out.texts += part.texts
+    if not out.texts:
+        raise InputError(f"{path}: no texts to embed (an empty file?)")
+    return out
+
+
+def read_texts(path: str | Path, field: str | None = None) -> list[str]:
+    return read_inputs(path, field).texts
+
+
+def write_embeddings(path: str | Path, embeddings: np.ndarray, texts: list[str] | None = None,
+                     ids: list[Any] | None = None) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in WRITABLE:
@@ -88,7 +128,12 @@ def write_embeddings(path: str | Path, embeddings: np.ndarray, texts: list[str] 
     import pyarrow.parquet as pq
 
     emb = embeddings.astype(np.float32)
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
-    columns = {"embedding": vectors} if texts is None else {"text": pa.array(texts), "embedding": vectors}
+    columns: dict[str, Any] = {}
+    if ids is not None:
+        same = len({type(i) for i in ids}) == 1
+        columns["id"] = pa.array(ids if same else [str(i) for i in ids])
+    if texts is not None:
+        columns["text"] = pa.array(texts)
+    columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
     pq.write_table(pa.table(columns), path)
     return path

@@ -29,14 +29,17 @@ Out = Iterator[tuple[str, "dict[str, Any] | Skip"]]
 
 
 def _get(row: dict, role: str, fields: dict[str, str], where: str) -> Any:
+    """The row's value for `role`, or a Skip naming the missing field (a bad row, not the end of the file)."""
     column = fields.get(role, role)
     if column not in row:
-        raise DataError(f"{where}: no field {column!r} for {role} (found {sorted(row)}); map it with --field {role}=NAME")
+        return Skip(f"no field {column!r} for {role} (found {sorted(row)}); map it with --field {role}=NAME")
     return row[column]
 
 
 def _text(row, role, fields, where) -> str | Skip:
     value = _get(row, role, fields, where)
+    if isinstance(value, Skip):
+        return value
     if not isinstance(value, str):
         return Skip(f"field {fields.get(role, role)!r} is {type(value).__name__}, not a string")
     if not value.strip():
@@ -85,6 +88,9 @@ def chat(rows, fields, **_) -> Out:
     """Each user turn followed by an assistant turn becomes (query, pos)."""
     for where, row in rows:
         messages = _get(row, "messages", fields, where)
+        if isinstance(messages, Skip):
+            yield where, messages
+            continue
         if not isinstance(messages, list):
             yield where, Skip("messages is not a list of {role, content}")
             continue
@@ -112,7 +118,11 @@ def claim_evidence(rows, fields, **_) -> Out:
         if bad:
             yield where, bad
             continue
-        label = str(_get(row, "label", fields, where)).strip().lower()
+        label = _get(row, "label", fields, where)
+        if isinstance(label, Skip):
+            yield where, label
+            continue
+        label = str(label).strip().lower()
         if label not in ("supports", "refutes"):
             yield where, Skip(f"label {label!r} is neither SUPPORTS nor REFUTES")
             continue
@@ -135,6 +145,8 @@ _NLI = {"entailment": 2, "neutral": 1, "contradiction": 0}
 
 
 def _binary(value) -> int | Skip:
+    if isinstance(value, Skip):
+        return value
     key = str(value).strip().lower()
     if key in ("1.0",):
         key = "1"
@@ -148,6 +160,8 @@ def _binary(value) -> int | Skip:
 
 
 def _nli(value) -> int | Skip:
+    if isinstance(value, Skip):
+        return value
     key = str(value).strip().lower()
     if key in _NLI:
         return _NLI[key]
@@ -157,6 +171,8 @@ def _nli(value) -> int | Skip:
 
 
 def _score(value) -> float | Skip:
+    if isinstance(value, Skip):
+        return value
     try:
         score = float(value)
     except (TypeError, ValueError):
@@ -217,7 +233,11 @@ def classification(rows, fields, negatives: int = 4, seed: int = 0, **_) -> Out:
         if isinstance(text, Skip):
             yield where, text
             continue
-        label = str(_get(row, "label", fields, where)).strip()
+        label = _get(row, "label", fields, where)
+        if isinstance(label, Skip):
+            yield where, label
+            continue
+        label = str(label).strip()
         if not label:
             yield where, Skip("label is empty")
             continue
@@ -250,6 +270,9 @@ def retrieval(rows, fields, **_) -> Out:
             yield where, q
             continue
         pos = _get(row, "pos", fields, where)
+        if isinstance(pos, Skip):
+            yield where, pos
+            continue
         neg = row.get(fields.get("neg", "neg"), [])
         pos, neg = ([pos] if isinstance(pos, str) else pos), ([neg] if isinstance(neg, str) else neg)
         if not isinstance(pos, list) or not isinstance(neg, list):

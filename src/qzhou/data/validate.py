@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from qzhou.data.convert import skipped_path
-from qzhou.data.readers import DataError, JsonlWriter, read_rows
+from qzhou.data.readers import DataError, JsonlWriter, line_of, read_rows
 from qzhou.data.records import check_record, normalize_text
 
 EXAMPLES = 5
@@ -58,8 +58,10 @@ def validate_file(path: str | Path, *, task: str | None = None, on_error: Litera
     writer = JsonlWriter(clean).__enter__() if clean else None
     side = JsonlWriter(skipped_path(Path(clean))).__enter__() if clean else None
     failed = True
+    unreadable = _Unreadable(errors, examples, side)
     try:
-        for where, record in tqdm(read_rows(path), desc=f"validate {path.name}", unit="row", disable=not progress):
+        rows_in = read_rows(path, on_bad=unreadable if on_error == "skip" else None)
+        for where, record in tqdm(rows_in, desc=f"validate {path.name}", unit="row", disable=not progress):
             rows += 1
             kind, errs, warns = check_record(record, task, max_chars)
             if errs:
@@ -73,8 +75,8 @@ def validate_file(path: str | Path, *, task: str | None = None, on_error: Litera
                 if len(examples.setdefault("errors", [])) < EXAMPLES:
                     examples["errors"].append(text)
                 if side:
-                    side.write({"source": where, "reason": "; ".join(f"{f or 'record'} {m}" for f, m in errs),
-                                "record": record})
+                    side.write({"source": where, "line": line_of(where),
+                                "reason": "; ".join(f"{f or 'record'} {m}" for f, m in errs), "record": record})
                 continue
             tasks[kind] += 1
             for f, m in warns:
@@ -94,6 +96,7 @@ def validate_file(path: str | Path, *, task: str | None = None, on_error: Litera
             side.__exit__(DataError if failed else None)
             if not failed and not side.count:
                 side.path.unlink()
+    rows, bad = rows + unreadable.count, bad + unreadable.count
     dup_lines = _duplicates(np.frombuffer(keys, dtype=np.uint64), np.frombuffer(lines, dtype=np.uint32))
     if len(dup_lines):
         warnings["duplicate pair"] += len(dup_lines)
@@ -110,6 +113,22 @@ def validate_file(path: str | Path, *, task: str | None = None, on_error: Litera
         report["scores"] = {"min": float(s.min()), "max": float(s.max()), "mean": round(float(s.mean()), 4),
                             "histogram": {f"{a:g}-{b:g}": int(c) for a, b, c in zip(edges, edges[1:], counts)}}
     return report
+
+
+class _Unreadable:
+    """`on_bad` for skip mode: a line the reader could not make a row of is one more invalid row."""
+
+    def __init__(self, errors: Counter, examples: dict[str, list[str]], side: JsonlWriter | None):
+        self.errors, self.examples, self.side = errors, examples, side
+        self.count = 0
+
+    def __call__(self, where: str, reason: str, text: str | None = None) -> None:
+        self.count += 1
+        self.errors["unreadable line"] += 1
+        if len(self.examples.setdefault("errors", [])) < EXAMPLES:
+            self.examples["errors"].append(f"{where}: {reason}")
+        if self.side:
+            self.side.write({"source": where, "line": line_of(where), "reason": reason, "text": text})
 
 
 def _duplicates(keys: np.ndarray, lines: np.ndarray) -> np.ndarray:
@@ -129,6 +148,11 @@ def format_report(report: dict[str, Any]) -> str:
     for key in ("errors", "warnings", "labels", "scores"):
         if report.get(key):
             out.append(f"  {key}: {report[key]}")
-    for lines in report["examples"].values():
+    for key, lines in report["examples"].items():
         out += [f"  e.g. {line}" for line in lines]
+        total = report["invalid"] if key == "errors" else report["warnings"].get("duplicate pair", 0)
+        if total > len(lines):
+            out.append(f"  ... and {total - len(lines)} more {key} (all counted above; --clean writes them out)")
+    if report["rows"] == 0:
+        out.append(f"  warning: {report['file']} holds no rows (an empty file?)")
     return "\n".join(out)
