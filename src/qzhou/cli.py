@@ -28,6 +28,12 @@ def cmd_convert(a: argparse.Namespace) -> None:
 
 
 def cmd_encode(a: argparse.Namespace) -> None:
+    from qzhou.corpus.cli import is_sharded_output
+
+    if is_sharded_output(a.output):  # a folder: resumable parquet shards + manifest (qzhou.corpus)
+        from qzhou.corpus.cli import run_sharded
+
+        return run_sharded(a)
     from qzhou import Embedder
     from qzhou.textio import read_texts, write_embeddings
 
@@ -83,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-tokens", type=int, default=16384)
     p.add_argument("--quiet", action="store_true")
     _add_load_args(p)
+    importlib.import_module("qzhou.corpus.cli").add_sharded_args(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("info", help="architecture, attention, pooling, dimensions, max length, prompts")
