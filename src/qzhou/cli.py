@@ -8,13 +8,35 @@ import json
 import sys
 from pathlib import Path
 
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (unless the text already gives it, or there is none to show);
+    descriptions and epilogs keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or "default:" in text or action.default in (None, False, argparse.SUPPRESS)
+                or (not action.option_strings and action.nargs not in ("?", "*"))):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose sub-parsers (any depth, any feature module) all use `HelpFormatter`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["formatter_class"] = HelpFormatter
+        super().__init__(*args, **kwargs)
+
+
 #: feature modules that register their own sub-commands with `add_parser(subparsers)`
 FEATURE_CLIS: tuple[str, ...] = ("qzhou.data.cli", "qzhou.training.cli", "qzhou.synthesis.cli", "qzhou.mining_cli",
-                                  "qzhou.evaluation.cli")
+                                  "qzhou.evaluation.cli", "qzhou.merging.cli")
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights' dtype; auto: bfloat16 on GPUs and CPUs with native bf16, else float32")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
@@ -34,15 +56,45 @@ def cmd_encode(a: argparse.Namespace) -> None:
         from qzhou.corpus.cli import run_sharded
 
         return run_sharded(a)
-    from qzhou import Embedder
-    from qzhou.textio import read_texts, write_embeddings
+    from qzhou.textio import WRITABLE, read_inputs, write_embeddings
 
-    texts = read_texts(a.input, a.field)
+    if Path(a.output).suffix.lower() not in WRITABLE:
+        raise ValueError(f"--output {a.output}: use a .npy or .parquet file, or a folder ending in / for shards")
+    inputs = read_inputs(a.input, a.field, a.id_field)  # bad or empty input fails before the model loads
+    check_dim(a.model, a.dim)
+    from qzhou import Embedder
+
     e = Embedder.load(a.model, dtype=a.dtype, device=a.device)
-    emb = e.encode(texts, prompt_name=a.prompt_name, instruction=a.instruction, dim=a.dim,
+    truncated = count_truncated(e, inputs.texts, a.prompt_name, a.instruction)
+    emb = e.encode(inputs.texts, prompt_name=a.prompt_name, instruction=a.instruction, dim=a.dim,
                    batch_tokens=a.batch_tokens, show_progress=not a.quiet)
-    write_embeddings(a.output, emb, texts if Path(a.output).suffix == ".parquet" else None)
-    print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {a.output}", file=sys.stderr)
+    parquet = Path(a.output).suffix.lower() == ".parquet"
+    write_embeddings(a.output, emb, inputs.texts if parquet else None, inputs.ids if parquet else None)
+    print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {a.output}"
+          + (f" (ids from field {inputs.id_field!r})" if parquet and inputs.ids else ""), file=sys.stderr)
+    if truncated:
+        print(f"warning: {truncated} of {len(inputs.texts)} texts were longer than the model's "
+              f"{e.config.max_length} tokens and were truncated", file=sys.stderr)
+
+
+def check_dim(model: str, dim: int | None) -> None:
+    """`--dim` against the model's hidden size, read from its config file (before the slow model load)."""
+    if dim is None:
+        return
+    from qzhou.modeling.loading import read_raw_config, resolve_source
+
+    folder, gguf_file = resolve_source(model)
+    raw = read_raw_config(folder, gguf_file)
+    hidden = raw.get("hidden_size") or raw.get("d_model") or (raw.get("text_config") or {}).get("hidden_size")
+    if dim < 1 or (hidden and dim > hidden):
+        raise ValueError(f"--dim {dim}: must be between 1 and the model's hidden size {hidden or '?'}")
+
+
+def count_truncated(embedder, texts: list[str], prompt_name: str | None, instruction: str | None) -> int:
+    """How many texts (as formatted for the model) have more tokens than its max_length."""
+    limit = embedder.config.max_length
+    formatted = embedder.format(texts, prompt_name, instruction)
+    return sum(len(ids) > limit for ids in embedder.tokenizer(formatted, truncation=False)["input_ids"])
 
 
 def cmd_info(a: argparse.Namespace) -> None:
@@ -64,43 +116,52 @@ def cmd_quickstart(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qzhou", description="LLM text embedders, QZhou / Qwen3 style.")
+    parser = Parser(prog="qzhou", description="LLM text embedders, QZhou / Qwen3 style.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="an untrained embedder from a base LLM, saved in the sentence-transformers layout")
-    p.add_argument("base", help="HF folder, hub id, or .gguf file")
-    p.add_argument("out")
-    p.add_argument("--attention", choices=["bidirectional", "causal"], default=None)
-    p.add_argument("--pooling", choices=["mean", "last", "cls"], default=None)
-    p.add_argument("--gguf-file", default=None, help="GGUF file name inside BASE")
-    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("base", help="HF folder, hub id, .gguf file, or 'default' (the bundled SmolLM2-135M)")
+    p.add_argument("out", help="folder to write the embedder to (sentence-transformers layout)")
+    p.add_argument("--attention", choices=["bidirectional", "causal"], default=None,
+                   help="attention of the embedder (default: what the model's files imply; causal for a plain LLM)")
+    p.add_argument("--pooling", choices=["mean", "last", "cls"], default=None,
+                   help="how token states become one vector (default: what the model's files imply; last for an LLM)")
+    p.add_argument("--gguf-file", default=None, help="GGUF file name inside BASE, when BASE is a folder of them")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="longest input in tokens; longer texts are truncated (default: the model's, at most 8192)")
     _add_load_args(p)
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("encode", help="embed texts from a .txt/.jsonl/.csv/.tsv/.parquet file")
-    p.add_argument("model")
-    p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True, help=".npy or .parquet")
+    p = sub.add_parser("encode", help="embed texts from a .txt/.jsonl/.csv/.tsv/.parquet file (or a folder of them)")
+    p.add_argument("model", help="model folder, hub id, .gguf file, or 'default' (the bundled SmolLM2-135M)")
+    p.add_argument("--input", required=True, help="a .txt (one text per line), .jsonl, .csv, .tsv or .parquet "
+                   "file, or a folder: its readable files in sorted order")
+    p.add_argument("--output", required=True, help=".npy (the vectors), .parquet (id, text, embedding), "
+                   "or a folder DIR/ (parquet shards, see below)")
     p.add_argument("--field", default=None, help="column / JSON field holding the text (default: text)")
+    p.add_argument("--id-field", default=None, help="column / JSON field holding each row's id, kept in the "
+                   "parquet output (default: id, when the first row has one; FILE:ROW ids for --output DIR/)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--prompt-name", choices=["query", "document"], default=None)
+    g.add_argument("--prompt-name", choices=["query", "document"], default=None,
+                   help="query: wrap texts in the query template with the default task; document: as given "
+                        "(default: as given)")
     g.add_argument("--instruction", default=None, help="task text put into the query template")
-    p.add_argument("--dim", type=int, default=None, help="Matryoshka: keep the first N dimensions")
-    p.add_argument("--batch-tokens", type=int, default=16384)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--dim", type=int, default=None, help="Matryoshka: keep the first N dimensions (default: all)")
+    p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward (memory bound)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_load_args(p)
     importlib.import_module("qzhou.corpus.cli").add_sharded_args(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("info", help="architecture, attention, pooling, dimensions, max length, prompts")
-    p.add_argument("model")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("model", help="model folder, hub id, .gguf file, or 'default' (the bundled SmolLM2-135M)")
+    p.add_argument("--json", action="store_true", help="print the facts as JSON")
     _add_load_args(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("quickstart", help="the main job: SmolLM2-135M made an embedder, evaluated, trained with "
                        "configs/quickstart-cpu.yaml, evaluated again and searched")
-    p.add_argument("--out", default="out/quickstart")
+    p.add_argument("--out", default="out/quickstart", help="folder for the report, the picture and the model")
     p.add_argument("-k", type=int, default=3, help="hits shown per query")
     p.add_argument("--no-train", action="store_true", help="only the untrained embedder (seconds, not minutes)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the quickstart recipe")
@@ -112,14 +173,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from qzhou.evaluation.cli import compare_parser, is_compare
+
+    if is_compare(argv):  # `eval compare` has its own options and help
+        return compare_parser(Parser).parse_args(argv[2:])
+    return build_parser().parse_args(argv)
+
+
+#: errors that are the user's to fix: one line, no traceback (OSError: a missing, unreadable or unwritable path)
+USER_ERRORS = (OSError, ValueError, KeyError, TypeError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         args.func(args)
+    except KeyboardInterrupt:
+        print(f"qzhou {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:  # user errors get one line; a TrainingError (NaN loss, ...) is one too
-        if not isinstance(e, (FileNotFoundError, ValueError, KeyError, TypeError)) and type(e).__name__ != "TrainingError":
+        if not isinstance(e, USER_ERRORS) and type(e).__name__ != "TrainingError":
             raise
-        print(f"qzhou {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split()) if str(e).strip() else type(e).__name__
+        print(f"qzhou {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 
