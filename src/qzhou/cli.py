@@ -31,7 +31,7 @@ class Parser(argparse.ArgumentParser):
 
 #: feature modules that register their own sub-commands with `add_parser(subparsers)`
 FEATURE_CLIS: tuple[str, ...] = ("qzhou.data.cli", "qzhou.training.cli", "qzhou.synthesis.cli", "qzhou.mining_cli",
-                                  "qzhou.evaluation.cli", "qzhou.merging.cli")
+                                  "qzhou.evaluation.cli", "qzhou.merging.cli", "qzhou.serving.cli")
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:
