@@ -6,6 +6,7 @@ them where they are used.
 
 from qzhou.config import EmbedderConfig
 from qzhou.modeling.embedder import Embedder
+from qzhou.reranking.model import Reranker
 
 __version__ = "0.1.0"
-__all__ = ["Embedder", "EmbedderConfig", "__version__"]
+__all__ = ["Embedder", "EmbedderConfig", "Reranker", "__version__"]
