@@ -11,7 +11,7 @@ import pytest
 from qzhou.data.sampler import MultiTaskBatchSampler, dataset_probabilities
 
 SIZES = [100, 400, 900, 1600]
-TASKS = ["retrieval", "sts", "retrieval", "classification"]
+TASKS = [True, False, True, False]  # counts towards the retrieval share
 
 
 def test_probabilities_formula():
@@ -21,9 +21,9 @@ def test_probabilities_formula():
     assert np.allclose(p, [0.72 * 10 / 40, 0.28 * 20 / 60, 0.72 * 30 / 40, 0.28 * 40 / 60])
     assert np.allclose(dataset_probabilities(SIZES, TASKS, alpha=1.0), np.array(SIZES) / 3000)
     with pytest.raises(ValueError, match="non-retrieval"):
-        dataset_probabilities([5], ["retrieval"], retrieval_share=0.5)
+        dataset_probabilities([5], [True], retrieval_share=0.5)
     with pytest.raises(ValueError, match="at least one row"):
-        dataset_probabilities([5, 0], ["sts", "sts"])
+        dataset_probabilities([5, 0], [False, False])
 
 
 @pytest.mark.parametrize("share", [None, 0.72])
@@ -42,7 +42,7 @@ def test_drawn_proportions_within_tolerance(share):
 
 def test_no_repeated_text_in_a_batch_and_nothing_dropped():
     texts = [f"t{i % 7}" for i in range(30)]  # 7 distinct texts over 30 rows
-    s = MultiTaskBatchSampler([30], ["sts"], [5], seed=0, keys=lambda d, i: [texts[i]])
+    s = MultiTaskBatchSampler([30], [False], [5], seed=0, keys=lambda d, i: [texts[i]])
     seen = Counter()
     for _ in range(60):
         d, batch = s.next_batch()
@@ -53,7 +53,7 @@ def test_no_repeated_text_in_a_batch_and_nothing_dropped():
 
 
 def test_each_epoch_visits_every_row_once():
-    s = MultiTaskBatchSampler([10], ["retrieval"], [5], seed=1)
+    s = MultiTaskBatchSampler([10], [True], [5], seed=1)
     rows = [i for _ in range(4) for i in s.next_batch()[1]]
     assert sorted(rows[:10]) == list(range(10)) and sorted(rows[10:]) == list(range(10))
     assert rows[:10] != rows[10:]  # a fresh permutation per epoch
@@ -63,7 +63,7 @@ def test_deterministic_and_resumable():
     texts = [f"t{i % 13}" for i in range(200)]
 
     def make():
-        return MultiTaskBatchSampler([200, 50, 80], ["retrieval", "sts", "classification"], [8, 16, 4],
+        return MultiTaskBatchSampler([200, 50, 80], [True, False, False], [8, 16, 4],
                                      retrieval_share=0.6, seed=11, keys=lambda d, i: [texts[i]] if d == 0 else [i])
 
     a, b = make(), make()
@@ -78,4 +78,4 @@ def test_deterministic_and_resumable():
     c.load_state_dict(state)
     assert [c.next_batch() for _ in range(100)] == rest
     with pytest.raises(ValueError, match="sampler state is for"):
-        MultiTaskBatchSampler([1], ["sts"], [1]).load_state_dict(state)
+        MultiTaskBatchSampler([1], [False], [1]).load_state_dict(state)

@@ -13,6 +13,7 @@ import yaml
 from qzhou import Embedder
 from qzhou.cli import main
 from qzhou.training import trainer as trainer_mod
+from qzhou.training.objectives.retrieval import Retrieval
 from qzhou.training.recipe import load_recipe
 from qzhou.training.trainer import TrainingError, train
 
@@ -97,7 +98,7 @@ def test_exact_resume_after_interruption(tmp_path, base_dirs, monkeypatch):
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, base_dirs, monkeypatch):
     path = recipe(tmp_path, base_dirs["qwen2"], checkpoint_every=1)
-    real = trainer_mod.retrieval_loss
+    real = Retrieval.loss
     calls = {"n": 0}
 
     def sometimes_nan(*args, **kwargs):
@@ -105,7 +106,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, base_dirs, monkeypat
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(trainer_mod, "retrieval_loss", sometimes_nan)
+    monkeypatch.setattr(Retrieval, "loss", sometimes_nan)
     with pytest.raises(TrainingError, match=r"stage1: loss is nan at step 3 \(dataset 'ret'\); last good checkpoint: .*checkpoint-2"):
         train(load_recipe(path))
     assert (tmp_path / "out" / "stage1" / "checkpoint-2" / "model" / "modules.json").is_file()

@@ -62,7 +62,7 @@ def assert_uneven_negatives() -> None:
     """Stage 1 replayed: some batch gives one process no hard negatives while the other has some."""
     from qzhou.data.sampler import MultiTaskBatchSampler
 
-    sampler = MultiTaskBatchSampler([16], ["retrieval"], [8], seed=0)
+    sampler = MultiTaskBatchSampler([16], [True], [8], seed=0)
     halves = [[sum(r % 5 == 0 for r in rows[:4]), sum(r % 5 == 0 for r in rows[4:])]
               for rows in (sampler.next_batch()[1] for _ in range(3))]
     assert any(0 in h and max(h) > 0 for h in halves), halves

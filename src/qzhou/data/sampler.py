@@ -24,16 +24,27 @@ import numpy as np
 KeyFn = Callable[[int, int], Sequence[Any]]  # (dataset, row) -> hashable keys of the row's texts
 
 
-def dataset_probabilities(sizes: Sequence[int], tasks: Sequence[str], alpha: float = 0.5,
+def dedup_keys(record: dict[str, Any]) -> list[str]:
+    """The texts that may not repeat inside one batch: the query (or first text) and the first positive (or second
+    text). Training and `qzhou data sample` both use these."""
+    from qzhou.data.records import texts_of
+
+    return texts_of(record)[:2]
+
+
+def dataset_probabilities(sizes: Sequence[int], retrieval: Sequence[bool], alpha: float = 0.5,
                           retrieval_share: float | None = None) -> np.ndarray:
+    """`retrieval[i]`: dataset i counts towards the retrieval share (its objective's `retrieval` flag)."""
     if not sizes or any(n < 1 for n in sizes):
         raise ValueError(f"every dataset needs at least one row (sizes {list(sizes)})")
+    if not all(isinstance(r, (bool, np.bool_)) for r in retrieval):
+        raise TypeError(f"retrieval takes one bool per dataset (got {list(retrieval)})")
     w = np.asarray(sizes, dtype=np.float64) ** alpha
     if retrieval_share is None:
         return w / w.sum()
     if not 0.0 <= retrieval_share <= 1.0:
         raise ValueError(f"retrieval_share must be in [0, 1] (got {retrieval_share})")
-    is_ret = np.array([t == "retrieval" for t in tasks])
+    is_ret = np.array(retrieval, dtype=bool)
     if retrieval_share > 0 and not is_ret.any():
         raise ValueError(f"retrieval_share {retrieval_share} needs at least one retrieval dataset")
     if retrieval_share < 1 and is_ret.all():
@@ -49,13 +60,13 @@ def dataset_probabilities(sizes: Sequence[int], tasks: Sequence[str], alpha: flo
 class MultiTaskBatchSampler:
     """Yields (dataset index, [row indices]) batches forever; see the module docstring."""
 
-    def __init__(self, sizes: Sequence[int], tasks: Sequence[str], batch_sizes: Sequence[int], *,
+    def __init__(self, sizes: Sequence[int], retrieval: Sequence[bool], batch_sizes: Sequence[int], *,
                  alpha: float = 0.5, retrieval_share: float | None = None, seed: int = 0,
                  keys: KeyFn | None = None):
-        if not (len(sizes) == len(tasks) == len(batch_sizes)):
-            raise ValueError("sizes, tasks and batch_sizes need one entry per dataset")
+        if not (len(sizes) == len(retrieval) == len(batch_sizes)):
+            raise ValueError("sizes, retrieval and batch_sizes need one entry per dataset")
         self.sizes, self.batch_sizes = list(sizes), list(batch_sizes)
-        self.probabilities = dataset_probabilities(sizes, tasks, alpha, retrieval_share)
+        self.probabilities = dataset_probabilities(sizes, retrieval, alpha, retrieval_share)
         self.seed, self.keys = seed, keys
         self._rng = np.random.default_rng(seed)
         self.step = 0
@@ -117,3 +128,13 @@ class MultiTaskBatchSampler:
         self._rng.bit_generator.state = state["rng"]
         self._epoch, self._cursor = list(state["epoch"]), list(state["cursor"])
         self._deferred = [list(x) for x in state["deferred"]]
+
+
+def sampler_for(records: Sequence[Sequence[dict[str, Any]]], retrieval: Sequence[bool],
+                batch_sizes: Sequence[int], *, alpha: float, retrieval_share: float | None,
+                seed: int) -> MultiTaskBatchSampler:
+    """The sampler a training stage draws from (global batch sizes), with its in-batch de-duplication keys: the
+    trainer and `qzhou data sample` build it here, so the preview is exactly what training draws."""
+    keys = [[dedup_keys(r) for r in recs] for recs in records]
+    return MultiTaskBatchSampler([len(r) for r in records], retrieval, batch_sizes, alpha=alpha,
+                                 retrieval_share=retrieval_share, seed=seed, keys=lambda d, i: keys[d][i])

@@ -38,6 +38,21 @@ def benchmark_tasks(benchmark: str) -> list[str]:
     return list(benches[benchmark])
 
 
+def symmetric_type(task_type: str) -> bool:
+    """Whether a task type puts its instruction on documents too (qzhou rules): every type but Retrieval. The one
+    rule that user task files (default `symmetric`) and training (`instructed_sides`) both read."""
+    return task_type != "Retrieval"
+
+
+def instructed_sides(task_type: str) -> frozenset[Side]:
+    """The sides that carry the instruction when training on a task type (qzhou rules): queries only for
+    Retrieval, both sides for symmetric types (STS, Classification, ...). Training objectives call this so that
+    what the model is trained on and what evaluation feeds it cannot drift apart."""
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"unknown task type {task_type!r}; known: {', '.join(TASK_TYPES)}")
+    return frozenset({"query", "document"}) if symmetric_type(task_type) else frozenset({"query"})
+
+
 def load_user_tasks(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a user's task file; errors name the file, the task and the field."""
     path = Path(path)
@@ -62,7 +77,7 @@ def load_user_tasks(path: str | Path) -> dict[str, dict[str, Any]]:
             raise ValueError(f"{where}: field 'type' must be one of {', '.join(TASK_TYPES)} (got {entry.get('type')!r})")
         if not isinstance(entry.get("instruction"), str):
             raise ValueError(f"{where}: field 'instruction' must be a string")
-        default_sym = entry["type"] != "Retrieval"
+        default_sym = symmetric_type(entry["type"])
         tasks[name] = {"type": entry["type"], "qzhou": entry["instruction"],
                        "qzhou_symmetric": bool(entry.get("symmetric", default_sym)),
                        "qwen3": entry.get("qwen3", entry["instruction"])}

@@ -9,6 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from qzhou.data.manifest import DatasetSpec, resolve_paths
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -30,21 +32,13 @@ class LoraSpec(Strict):
     merge_on_save: bool = True
 
 
-class DatasetRef(Strict):
-    name: str
-    path: Path
-    task: Literal["retrieval", "sts", "classification"]
-    instruction: str | list[str] | None = None  # a list: paraphrases, one per record (collate.pick_instruction)
-    batch_size: int | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> DatasetRef:
-        if isinstance(self.instruction, list) and (not self.instruction or not all(self.instruction)):
-            raise ValueError(f"dataset {self.name!r}: `instruction` list must hold non-empty strings")
-        return self
+DatasetRef = DatasetSpec  # one dataset schema for recipes and manifests (qzhou.data.manifest)
 
 
 class StageSpec(Strict):
+    """A training stage. (A later `merge:` stage, issue 12, is another model in `TrainConfig.stages`' union, run by
+    its own function from `trainer.train`'s stage loop; training stages keep checkpoints for it to merge.)"""
+
     name: str
     datasets: list[str]  # names from the recipe's `datasets`
     steps: int
@@ -53,12 +47,14 @@ class StageSpec(Strict):
     schedule: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
     retrieval_share: float | None = None
     weight_decay: float = 0.01
+    checkpoint_every: int | None = None  # steps between checkpoints; None = the recipe's checkpoint_every
+    keep_checkpoints: int | None = None  # newest checkpoints kept; None = the recipe's keep_checkpoints
 
 
 class TrainConfig(Strict):
     model: ModelSpec
     lora: LoraSpec | None = None
-    datasets: list[DatasetRef]
+    datasets: list[DatasetSpec]
     stages: list[StageSpec]
     output_dir: Path = Path("out/train")
     seed: int = 0
@@ -71,11 +67,14 @@ class TrainConfig(Strict):
     batch_size: dict[str, int] = {"retrieval": 32, "sts": 64, "classification": 32}
     chunk_size: int | None = None  # GradCache chunk (rows); None = plain forward
     length_buckets: int = 4  # forwards per merged batch, rows grouped by length (one process); 1 = one forward
+    merge_forwards: bool = True  # False: one forward per role (the plain path, for comparison and debugging)
     query_max_length: int = 256
     passage_max_length: int = 1536
     alpha: float = 0.5
     checkpoint_every: int = 0  # 0 = only at the end of each stage
+    keep_checkpoints: int = 2  # newest checkpoints kept per stage (merging wants more)
     log_every: int = 10
+    log_with: str | list[str] | None = "auto"  # accelerate trackers: auto (TensorBoard if installed), none, wandb, ...
     max_grad_norm: float = 1.0
 
     @model_validator(mode="after")
@@ -89,7 +88,25 @@ class TrainConfig(Strict):
             raise ValueError("length_buckets must be >= 1")
         if self.query_max_length < 1 or self.passage_max_length < 1:
             raise ValueError("query_max_length and passage_max_length must be >= 1")
+        for stage in self.stages:
+            keep = self.keep_checkpoints if stage.keep_checkpoints is None else stage.keep_checkpoints
+            if keep < 1 or (stage.checkpoint_every or 0) < 0:
+                raise ValueError(f"stage {stage.name!r}: keep_checkpoints must be >= 1 and checkpoint_every >= 0")
         return self
+
+    def batch_size_of(self, spec: DatasetSpec) -> int:
+        """Rows per process for a dataset: its own batch_size, else the recipe's for its task."""
+        if spec.batch_size:
+            return spec.batch_size
+        if spec.task not in self.batch_size:
+            raise ValueError(f"dataset {spec.name!r}: no batch size; set its batch_size or batch_size.{spec.task}")
+        return self.batch_size[spec.task]
+
+    def checkpoint_every_of(self, stage: StageSpec) -> int:
+        return self.checkpoint_every if stage.checkpoint_every is None else stage.checkpoint_every
+
+    def keep_checkpoints_of(self, stage: StageSpec) -> int:
+        return self.keep_checkpoints if stage.keep_checkpoints is None else stage.keep_checkpoints
 
 
 def _parse_value(text: str) -> Any:
@@ -126,7 +143,5 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         cfg = TrainConfig(**raw)
     except ValidationError as e:
         raise ValueError(f"{path}: {e}") from None
-    for d in cfg.datasets:  # relative to the recipe file (the real one, if `path` is a symlink)
-        if not d.path.is_absolute():
-            d.path = (path.resolve().parent / d.path).resolve()
+    resolve_paths(cfg.datasets, path.resolve().parent)  # relative to the recipe file (the real one, if a symlink)
     return cfg

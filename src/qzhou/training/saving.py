@@ -5,8 +5,8 @@ holds a shard: the full state is gathered first (`accelerator.get_state_dict`, a
 folder is written from it on the main process. LoRA is merged from a state dict (W + scaling · B A per adapted
 linear), so the same code merges a gathered state and a local one and never copies the model.
 
-A checkpoint folder holds `model/` (or `adapter.pt` for LoRA) and `training_state.pt` (sampler, collator RNG, RNG,
-step, losses; optimizer and scheduler for DDP / one process). Under FSDP / DeepSpeed the optimizer, scheduler and
+A checkpoint folder holds `model/` (or `adapter.pt` for LoRA) and `training_state.pt` (sampler, the objectives'
+collate RNG, RNG, step, losses; optimizer and scheduler for DDP / one process). Under FSDP / DeepSpeed the optimizer, scheduler and
 model shards are the engine's own checkpoint in `engine/` (`accelerator.save_state`), loaded with `load_state`.
 """
 
@@ -109,10 +109,10 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def write_checkpoint(accelerator, model, stage_dir: Path, step: int, cfg, optimizer, scheduler, sampler, collator,
-                     losses: list[dict]) -> dict[str, torch.Tensor] | None:
+def write_checkpoint(accelerator, model, stage_dir: Path, step: int, cfg, optimizer, scheduler, sampler,
+                     collate_rng: random.Random, losses: list[dict], keep: int = 2) -> dict[str, torch.Tensor] | None:
     """Every process calls this (gathers and the engine's save are collectives); the main process writes the rest
-    into a partial folder renamed when complete, and keeps the two newest checkpoints. Returns the gathered state
+    into a partial folder renamed when complete, and keeps the `keep` newest checkpoints. Returns the gathered state
     (`gathered_state`), so that a final save right after does not gather the weights again."""
     path = stage_dir / f"checkpoint-{step}"
     tmp = stage_dir / f".checkpoint-{step}.partial"
@@ -135,10 +135,33 @@ def write_checkpoint(accelerator, model, stage_dir: Path, step: int, cfg, optimi
         else:
             embedder.save(tmp / "model", state_dict=None if state is None else dict(state))  # save_pretrained empties it
         own = {} if sharded else {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        torch.save({"step": step, **own, "sampler": sampler.state_dict(), "collator_rng": collator.rng.getstate(),
+        torch.save({"step": step, **own, "sampler": sampler.state_dict(), "collator_rng": collate_rng.getstate(),
                     "rng": rng_state(), "losses": losses}, tmp / "training_state.pt")
         tmp.rename(path)
-        for old in sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+        for old in sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return state
+
+
+def restore_checkpoint(accelerator, checkpoint: Path, optimizer, scheduler, sampler,
+                       collate_rng: random.Random) -> tuple[int, list[dict]]:
+    """A checkpoint's training state into a prepared run (the weights were loaded with the model); -> (step, losses).
+    FSDP / DeepSpeed: model shards, optimizer, scheduler and each process's RNG are the engine's checkpoint."""
+    state = torch.load(checkpoint / "training_state.pt", weights_only=False)
+    if engine_shards(accelerator):
+        accelerator.load_state(str(checkpoint / "engine"))
+    else:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+    sampler.load_state_dict(state["sampler"])
+    collate_rng.setstate(state["collator_rng"])
+    return state["step"], state["losses"]
+
+
+def load_adapter(model, checkpoint: Path) -> None:
+    """A LoRA checkpoint's adapter weights into the freshly wrapped backbone."""
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model.backbone, torch.load(checkpoint / "adapter.pt", weights_only=False))
