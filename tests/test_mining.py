@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 
 import numpy as np
@@ -49,20 +50,28 @@ def make_data(tmp_path):
     return queries, docs
 
 
+def unit(rows):
+    """Each row divided by its length, by a plain loop in float64 (the reference normalisation)."""
+    return np.array([[x / math.sqrt(sum(float(v) ** 2 for v in row)) for x in row] for row in rows])
+
+
 def brute_force(queries, docs, emb, lo, hi, margin, k=None):
-    """The mining rules restated on a full numpy ranking (the reference)."""
+    """The mining rules restated on a full numpy ranking of cosines (the reference). Queries are embedded in
+    one call with the query prompt (the reference models ignore a record's instruction)."""
     keys = []
     for d in docs:  # the corpus is de-duplicated by normalised text, first kept
         if normalize_text(d) not in keys:
             keys.append(normalize_text(d))
     uniq = [next(d for d in docs if normalize_text(d) == key) for key in keys]
-    D = emb.encode(uniq)
+    D = unit(emb.encode(uniq, prompt_name="document"))
+    vectors = dict(zip(keys, D))
     result = []
-    for q in queries:
-        qv = emb.encode([q["query"]])[0]
+    for q, qv in zip(queries, unit(emb.encode([q["query"] for q in queries], prompt_name="query"))):
         scores = D @ qv
         order = np.argsort(-scores, kind="stable")
-        pos_score = min(float(emb.encode([p])[0] @ qv) for p in q["pos"])
+        pos_vectors = [vectors[normalize_text(p)] if normalize_text(p) in vectors else
+                       unit(emb.encode([p], prompt_name="document"))[0] for p in q["pos"]]
+        pos_score = min(float(v @ qv) for v in pos_vectors)
         pos_keys = {normalize_text(p) for p in q["pos"]}
         kept, reasons = [], {}
         for rank in range(lo, hi + 1):
@@ -101,6 +110,52 @@ def test_mining_matches_brute_force(tmp_path, lo, hi, margin, k):
         assert summary["dropped"]["positive"] >= len(queries) - 2 and summary["dropped"]["margin"] > 0
         assert {"existing", "query"} <= set(summary["dropped"])
     assert ("Find the passage" in [c[1] for c in emb.calls])  # a record's own instruction is used
+
+
+class Unnormalised(TopicEmbedder):
+    """TopicEmbedder's directions with lengths spread over two decades, as a model without a Normalize module."""
+
+    def encode(self, texts, **kw):
+        scale = [0.1 + 10 * (int(hashlib.sha256(t.encode()).hexdigest()[8:12], 16) / 65535) for t in texts]
+        return super().encode(texts, **kw) * np.asarray(scale, dtype=np.float32)[:, None]
+
+
+def test_mining_ranks_by_cosine_when_the_model_does_not_normalise(tmp_path):
+    queries, docs = make_data(tmp_path)
+    mine(tmp_path / "q.jsonl", tmp_path / "out.jsonl", Unnormalised(), corpus=tmp_path / "c.jsonl", ranks=(1, 12),
+         margin=0.05, progress=False)
+    out, report = read_jsonl(tmp_path / "out.jsonl"), read_jsonl(tmp_path / "out.jsonl.report.jsonl")
+    expected = brute_force(queries, docs, TopicEmbedder(), 1, 12, 0.05)  # the same directions, unit length
+    for q, row, rep, (kept, reasons) in zip(queries, out, report, expected):
+        assert row["neg"] == q.get("neg", []) + kept
+        assert {d["rank"]: d["reason"] for d in rep["dropped"]} == reasons
+        assert -1 <= rep["pos_score"] <= 1
+
+
+def test_mining_with_a_real_embedder_that_does_not_normalise(tmp_path, base_dirs):
+    from qzhou import Embedder
+
+    e = Embedder.load(base_dirs["bert"], dtype="float32", normalize=False)
+    words = "cat dog fox bird fish tree house car road music art science math data river water".split()
+    docs = [f"a {w} is near a {v} in the city" for w in words for v in words[::3]]
+    queries = [{"query": f"the {w} and the {v}", "pos": [f"a {w} is near a {v} in the city"]}
+               for w in words[:8] for v in words[::3][:3]]
+    write_jsonl(tmp_path / "q.jsonl", queries)
+    write_jsonl(tmp_path / "c.jsonl", [{"text": d} for d in docs])
+    lengths = np.linalg.norm(e.encode(docs, prompt_name="document"), axis=1)
+    assert lengths.min() > 2  # the model really does not normalise
+    mine(tmp_path / "q.jsonl", tmp_path / "out.jsonl", e, corpus=tmp_path / "c.jsonl", ranks=(2, 12), margin=0.002,
+         progress=False)
+    out, report = read_jsonl(tmp_path / "out.jsonl"), read_jsonl(tmp_path / "out.jsonl.report.jsonl")
+    expected = brute_force(queries, docs, e, 2, 12, 0.002)
+    for row, rep, (kept, reasons) in zip(out, report, expected):
+        assert row["neg"] == kept
+        assert {d["rank"]: d["reason"] for d in rep["dropped"]} == reasons
+    assert sum(len(kept) for kept, _ in expected) > 0 and any(r for _, r in expected)  # both rules exercised
+    q, d = e.encode([q["query"] for q in queries], prompt_name="query"), e.encode(docs, prompt_name="document")
+    by_dot = np.argsort(-(q @ d.T), axis=1, kind="stable")[:, 1:12]
+    by_cosine = np.argsort(-(unit(q) @ unit(d).T), axis=1, kind="stable")[:, 1:12]
+    assert (by_dot != by_cosine).any()  # ranking the raw vectors would mine other negatives: this test can fail
 
 
 def test_numpy_fallback_and_approximate_indexes_agree(tmp_path, monkeypatch):

@@ -12,8 +12,10 @@ Definitions (what the tests check against a brute-force ranking):
 The corpus is de-duplicated by normalised text first (a duplicate would give the same negative twice); without
 a corpus, the distinct positives of the query file are the corpus (QZhou mined from the dataset's own pool).
 
-Search: `exact` is faiss IndexFlatIP (numpy when faiss is missing: same results); `hnsw` and `ivf` are faiss's
-approximate indexes for corpora where exact search is too slow (roughly above a million texts).
+Scores are cosines whether or not the model normalises its output: queries and documents are L2-normalised
+here. Search: `exact` is `qzhou.search.top_k` (the package's one exact search; faiss IndexFlatIP for large
+corpora when installed); `hnsw` and `ivf` are faiss's approximate indexes for corpora where exact search is too
+slow (roughly above a million texts).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from qzhou.data.readers import DataError, JsonlWriter, read_rows
 from qzhou.data.records import check_record, normalize_text
+from qzhou.search import normalize, top_k
 
 INDEXES = ("exact", "hnsw", "ivf")
 FAISS_INSTALL = "pip install 'qzhou[mine]' (faiss-cpu)"
@@ -43,7 +46,8 @@ def load_embedder(model: Any, dtype: str = "float32", device: str | None = None)
 
 def encode_queries(embedder, texts: list[str], instructions: list[str | None], default: str | None,
                    batch_tokens: int = 16384) -> np.ndarray:
-    """Queries grouped by instruction (the record's own, else `default`, else the model's `query` prompt)."""
+    """Queries grouped by instruction (the record's own, else `default`, else the model's `query` prompt); rows
+    L2-normalised, since every caller scores them by cosine and a model need not normalise."""
     out = np.zeros((len(texts), embedder.hidden_size), dtype=np.float32)  # (Q, D)
     groups: dict[str | None, list[int]] = defaultdict(list)
     for i, ins in enumerate(instructions):
@@ -51,46 +55,42 @@ def encode_queries(embedder, texts: list[str], instructions: list[str | None], d
     for ins, idx in groups.items():
         kw = {"instruction": ins} if ins else {"prompt_name": "query"}
         out[idx] = embedder.encode([texts[i] for i in idx], batch_tokens=batch_tokens, show_progress=False, **kw)
-    return out
+    return normalize(out)
 
 
 class Index:
-    """Inner-product search over L2-normalised rows (= cosine)."""
+    """Inner-product search over rows the caller has L2-normalised (= cosine): `exact` through `top_k`, or one
+    of faiss's approximate indexes."""
 
     def __init__(self, vectors: np.ndarray, kind: str = "exact", hnsw_m: int = 32, nprobe: int = 32):
         if kind not in INDEXES:
             raise ValueError(f"--index must be one of {', '.join(INDEXES)} (got {kind!r})")
         self.kind, self.n = kind, vectors.shape[0]
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if kind == "exact":
+            return
         try:
             import faiss
         except ImportError:
-            if kind != "exact":
-                raise ValueError(f"--index {kind} needs faiss: {FAISS_INSTALL}") from None
-            self.faiss, self.vectors = None, vectors  # numpy brute force
-            return
+            raise ValueError(f"--index {kind} needs faiss: {FAISS_INSTALL}") from None
         d = vectors.shape[1]
-        if kind == "exact":
-            index = faiss.IndexFlatIP(d)
-        elif kind == "hnsw":
+        if kind == "hnsw":
             index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = 200
         else:
             nlist = max(1, min(int(4 * np.sqrt(self.n)), self.n // 39))  # faiss wants >= 39 points per list
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(vectors)
+            index.train(self.vectors)
             index.nprobe = min(nlist, nprobe)
-        index.add(vectors)
-        self.faiss, self.index = faiss, index
+        index.add(self.vectors)
+        self.index = index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, D) -> (Q, k) scores and corpus indices, best first (-1 where fewer than k were found)."""
         k = min(k, self.n)
+        if self.kind == "exact":
+            return top_k(queries, self.vectors, k, metric="dot")
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if self.faiss is None:
-            scores = queries @ self.vectors.T  # (Q, N)
-            idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (Q, k)
-            return np.take_along_axis(scores, idx, axis=1), idx
         if self.kind == "hnsw":
             self.index.hnsw.efSearch = max(128, 2 * k)
         return self.index.search(queries, k)
@@ -157,12 +157,13 @@ def mine(queries: str | Path, output: str | Path, model: Any, *, corpus: str | P
     rows = _read_queries(queries)
     docs, corpus_dups = _read_corpus(corpus, corpus_field, rows)
     embedder = load_embedder(model, dtype, device)
-    doc_emb = embedder.encode(docs, prompt_name="document", batch_tokens=batch_tokens, show_progress=progress)
+    doc_emb = normalize(embedder.encode(docs, prompt_name="document", batch_tokens=batch_tokens,
+                                        show_progress=progress))
     doc_keys = [normalize_text(t) for t in docs]
     position = {k: i for i, k in enumerate(doc_keys)}
     missing = sorted({p for _, r in rows for p in r["pos"] if normalize_text(p) not in position})
-    extra = embedder.encode(missing, prompt_name="document", batch_tokens=batch_tokens,
-                            show_progress=False) if missing else None
+    extra = normalize(embedder.encode(missing, prompt_name="document", batch_tokens=batch_tokens,
+                                      show_progress=False)) if missing else None
     pos_vec = {normalize_text(p): extra[i] for i, p in enumerate(missing)}
     search = Index(doc_emb, index)
     stats: Counter = Counter()

@@ -2,8 +2,8 @@
 that side and score them with MTEB's protocols (`metrics`).
 
 Every distinct (instruction, text) is embedded once per run, however many pairs, experiments or tasks use it
-(SICK repeats most of its sentences; classification experiments reuse training texts). Retrieval searches small
-corpora exactly with numpy and large ones with faiss (exact inner product, so both give the same ranking).
+(SICK repeats most of its sentences; classification experiments reuse training texts). Retrieval scores by cosine
+and searches with `qzhou.search.top_k` (exact: numpy blockwise, faiss IndexFlatIP for large corpora).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import numpy as np
 from qzhou.evaluation import metrics
 from qzhou.evaluation.report import Results, TaskResult, describe_model, library_versions
 from qzhou.evaluation.tasks import Corpus, Labeled, LoadedTask, Pairs, TaskSpec, load_task, resolve_tasks
+from qzhou.search import FAISS_MIN_DOCS, normalize, top_k
 
 RULES = ("qzhou", "qwen3", "none")
-FAISS_MIN_DOCS = 50_000  # corpora this large go through faiss; smaller ones are one matrix product per query chunk
 MAIN_SCORE = {"STS": "cosine_spearman", "PairClassification": "max_ap", "Classification": "accuracy",
               "Clustering": "v_measure", "Retrieval": "ndcg_at_10", "Reranking": "map_at_1000"}
 
@@ -127,16 +127,17 @@ def _retrieval(task: LoadedTask, cache: EmbeddingCache, rules: str, faiss_min_do
     """Queries with a relevant document against the corpus (retrieval) or against their candidates (reranking)."""
     data: Corpus = task.data  # type: ignore[assignment]
     qids = list(data.qrels)
-    q = _normalize(cache([data.queries[x] for x in qids], task.spec.instruction_for("query", rules)))
+    q = normalize(cache([data.queries[x] for x in qids], task.spec.instruction_for("query", rules)))
     doc_instruction = task.spec.instruction_for("document", rules)
     if data.candidates is None:
         doc_ids = list(data.docs)
-        d = _normalize(cache([data.docs[x] for x in doc_ids], doc_instruction))
-        run = search(q, d, top_k=max(metrics.K_VALUES), faiss_min_docs=faiss_min_docs)
-        results = {qid: {doc_ids[j]: s for j, s in hits} for qid, hits in zip(qids, run, strict=True)}
+        d = normalize(cache([data.docs[x] for x in doc_ids], doc_instruction))
+        scores, idx = top_k(q, d, max(metrics.K_VALUES), metric="dot", faiss_min_docs=faiss_min_docs)
+        results = {qid: dict(zip([doc_ids[j] for j in row_idx.tolist()], row_scores.tolist(), strict=True))
+                   for qid, row_scores, row_idx in zip(qids, scores, idx, strict=True)}
     else:
         wanted = [x for qid in qids for x in data.candidates[qid]]
-        d = _normalize(cache([data.docs[x] for x in wanted], doc_instruction))
+        d = normalize(cache([data.docs[x] for x in wanted], doc_instruction))
         row = {x: i for i, x in enumerate(wanted)}
         results = {}
         for i, qid in enumerate(qids):
@@ -148,36 +149,3 @@ def _retrieval(task: LoadedTask, cache: EmbeddingCache, rules: str, faiss_min_do
 
 SCORERS = {"STS": _pairs, "PairClassification": _pairs, "Classification": _classification,
            "Clustering": _clustering, "Retrieval": _retrieval, "Reranking": _retrieval}
-
-
-# ------------------------------------------------------------------------------------------------ search
-def _normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def search(queries: np.ndarray, docs: np.ndarray, top_k: int,
-           faiss_min_docs: int = FAISS_MIN_DOCS) -> list[list[tuple[int, float]]]:
-    """(Q, D), (N, D) normalised float32 -> per query the top_k (doc index, score), best first. Exact either way:
-    numpy over query chunks for small corpora, faiss IndexFlatIP (multi-threaded BLAS + heap) for large ones."""
-    k = min(top_k, docs.shape[0])
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    docs = np.ascontiguousarray(docs, dtype=np.float32)
-    if docs.shape[0] >= faiss_min_docs:
-        try:
-            import faiss
-        except ImportError:
-            raise ImportError("large corpora are searched with faiss: pip install qzhou[eval] (faiss-cpu)") from None
-        index = faiss.IndexFlatIP(docs.shape[1])
-        index.add(docs)
-        scores, idx = index.search(queries, k)  # (Q, k) each, best first
-        return [list(zip(i.tolist(), s.tolist(), strict=True)) for s, i in zip(scores, idx, strict=True)]
-    out = []
-    step = max(1, (1 << 24) // max(1, docs.shape[0]))  # bound the (chunk, N) score matrix to 64 MiB
-    for lo in range(0, queries.shape[0], step):
-        scores = queries[lo:lo + step] @ docs.T  # (chunk, N)
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < docs.shape[0] else np.tile(np.arange(k), (len(scores), 1))
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        for i, s in zip(np.take_along_axis(top, order, 1), np.take_along_axis(top_scores, order, 1), strict=True):
-            out.append(list(zip(i.tolist(), s.tolist(), strict=True)))
-    return out

@@ -5,7 +5,8 @@ A retrieval record keeps the positives scoring >= threshold and is dropped when 
 (STS, classification) carry no query-positive pair to score and pass through unchanged (counted). Dropped
 records go to OUTPUT.dropped.jsonl with their scores, so the threshold can be judged by reading them.
 Queries get the record's own `instruction`, else `instruction`, else the model's `query` prompt; positives
-are embedded raw, as documents are.
+are embedded raw, as documents are. The score is the cosine whether or not the model normalises its output
+(both sides are L2-normalised here), so a threshold means the same for every model.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from qzhou.data.readers import DataError, JsonlWriter, read_rows
 from qzhou.data.records import check_record
+from qzhou.search import normalize
 
 
 def _chunks(path, size):
@@ -56,7 +58,7 @@ def filter_pairs(input: str | Path, output: str | Path, model: Any, *, threshold
                                [rows[i][1].get("instruction") for i, _ in pairs], instruction, batch_tokens)
             d = embedder.encode([rows[i][1]["pos"][j] for i, j in pairs], prompt_name="document",
                                 batch_tokens=batch_tokens, show_progress=False) if pairs else np.zeros((0, 1))
-            scores = (q * d).sum(axis=1) if pairs else np.zeros(0)  # (P,) cosine: rows are normalised
+            scores = (q * normalize(d)).sum(axis=1) if pairs else np.zeros(0)  # (P,) cosine: q is unit-length
             by_row: dict[int, list[tuple[int, float]]] = {}
             for (i, j), s in zip(pairs, scores.tolist()):
                 by_row.setdefault(i, []).append((j, s))
