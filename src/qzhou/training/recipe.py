@@ -113,23 +113,92 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
+def _step(node: Any, part: str, key: str, walked: str) -> tuple[Any, Any]:
+    """(container, index or key) for one dotted part of `--set KEY`; errors name the key and what is allowed."""
+    if isinstance(node, list):
+        if not part.lstrip("-").isdigit():
+            raise ValueError(f"--set {key}: {walked or 'the recipe'} is a list; index it with a number 0..{len(node) - 1}")
+        index = int(part)
+        if not 0 <= index < len(node):
+            raise ValueError(f"--set {key}: index {index} is out of range; {walked} has {len(node)} item(s), "
+                             f"indexed 0..{len(node) - 1}")
+        return node, index
+    if isinstance(node, dict):
+        return node, part
+    raise ValueError(f"--set {key}: {walked} is a single value ({node!r}), not a mapping or list; "
+                     f"set it with --set {walked}=VALUE")
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set a.b.0.c=VALUE` overrides (VALUE parsed as YAML) to the raw recipe; a mapping key that is
+    missing is created (pydantic then names unknown keys), a list index must exist."""
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set takes KEY=VALUE (got {item!r})")
-        node = raw
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if isinstance(node, list):
-                node = node[int(p)]
-            else:
-                node = node.setdefault(p, {})
-        if isinstance(node, list):
-            node[int(parts[-1])] = _parse_value(value)
-        else:
-            node[parts[-1]] = _parse_value(value)
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"--set takes KEY=VALUE with a dotted KEY such as stages.0.steps=100 (got {item!r})")
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            container, index = _step(node, part, key, ".".join(parts[:i]))
+            if isinstance(container, dict):
+                container.setdefault(index, {})
+            node = container[index]
+        container, index = _step(node, parts[-1], key, ".".join(parts[:-1]))
+        new = _parse_value(value)
+        old = container.get(index) if isinstance(container, dict) else container[index]
+        if isinstance(old, (dict, list)) and not isinstance(new, type(old)):
+            kind = "mapping" if isinstance(old, dict) else "list"
+            example = f"{key}.{next(iter(old))}=..." if isinstance(old, dict) and old else f"{key}.0=..."
+            raise ValueError(f"--set {key}={value}: {key} is a {kind}, not a single value; set one of its "
+                             f"entries, e.g. --set {example}")
+        container[index] = new
     return raw
+
+
+def _problem(err: dict[str, Any]) -> str:
+    where = ".".join(str(x) for x in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    got = "" if err["type"] == "missing" else f" (got {err.get('input')!r:.60})"
+    return f"{where}: {msg}{got}" if where else msg
+
+
+#: (dotted key, lowest allowed value, whether the lowest is excluded): checked after pydantic's types
+_LIMITS = [("seed", None, False), ("tau", 0, True), ("cosent_tau", 0, True), ("margin", 0, False),
+           ("hard_negatives", 0, False), ("chunk_size", 1, False), ("log_every", 1, False),
+           ("max_grad_norm", 0, True), ("alpha", 0, False), ("checkpoint_every", 0, False)]
+_STAGE_LIMITS = [("steps", 1, False), ("lr", 0, True), ("warmup_steps", 0, False), ("weight_decay", 0, False),
+                 ("checkpoint_every", 0, False), ("keep_checkpoints", 1, False)]
+
+
+def _check_limit(key: str, value: Any, low: float | None, strict: bool) -> None:
+    if value is None or low is None:
+        return
+    if value < low or (strict and value == low):
+        allowed = f"> {low}" if strict else f">= {low}"
+        raise ValueError(f"{key} = {value!r}: must be {allowed}")
+
+
+def check_values(cfg: TrainConfig) -> None:
+    """Value ranges the types cannot say (no negative steps, batch sizes, rates ...), each error naming the key
+    and what is allowed; run by `load_recipe`, so a bad value fails before any output folder exists."""
+    for key, low, strict in _LIMITS:
+        _check_limit(key, getattr(cfg, key), low, strict)
+    for task, size in cfg.batch_size.items():
+        _check_limit(f"batch_size.{task}", size, 1, False)
+    for i, d in enumerate(cfg.datasets):
+        _check_limit(f"datasets.{i}.batch_size", getattr(d, "batch_size", None), 1, False)
+    for i, stage in enumerate(cfg.stages):
+        for key, low, strict in _STAGE_LIMITS:
+            _check_limit(f"stages.{i}.{key}", getattr(stage, key, None), low, strict)
+        share = getattr(stage, "retrieval_share", None)
+        if share is not None and not 0 < share <= 1:
+            raise ValueError(f"stages.{i}.retrieval_share = {share!r}: must be in (0, 1]")
+    if cfg.model.layers is not None:
+        _check_limit("model.layers", cfg.model.layers, 1, False)
+    if cfg.lora is not None:
+        _check_limit("lora.r", cfg.lora.r, 1, False)
+        if not 0 <= cfg.lora.dropout < 1:
+            raise ValueError(f"lora.dropout = {cfg.lora.dropout!r}: must be in [0, 1)")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -137,11 +206,16 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML: {e}") from None
+        raise ValueError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a recipe is a YAML mapping (model, datasets, stages ...)")
     raw = apply_overrides(raw, overrides or [])
     try:
         cfg = TrainConfig(**raw)
+        check_values(cfg)
     except ValidationError as e:
+        raise ValueError(f"{path}: " + "; ".join(_problem(err) for err in e.errors())) from None
+    except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     resolve_paths(cfg.datasets, path.resolve().parent)  # relative to the recipe file (the real one, if a symlink)
     return cfg
