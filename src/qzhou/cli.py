@@ -31,7 +31,8 @@ class Parser(argparse.ArgumentParser):
 
 #: feature modules that register their own sub-commands with `add_parser(subparsers)`
 FEATURE_CLIS: tuple[str, ...] = ("qzhou.data.cli", "qzhou.training.cli", "qzhou.synthesis.cli", "qzhou.mining_cli",
-                                  "qzhou.evaluation.cli", "qzhou.merging.cli", "qzhou.serving.cli")
+                                  "qzhou.evaluation.cli", "qzhou.merging.cli", "qzhou.serving.cli",
+                                  "qzhou.reranking.cli")
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:
@@ -41,6 +42,10 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_convert(a: argparse.Namespace) -> None:
+    if a.reranker:  # a yes/no reranker instead of an embedder (qzhou.reranking)
+        from qzhou.reranking.cli import cmd_convert_reranker
+
+        return cmd_convert_reranker(a)
     from qzhou import Embedder
 
     e = Embedder.load(a.base, gguf_file=a.gguf_file, attention=a.attention, pooling=a.pooling,
@@ -129,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside BASE, when BASE is a folder of them")
     p.add_argument("--max-length", type=int, default=None,
                    help="longest input in tokens; longer texts are truncated (default: the model's, at most 8192)")
+    p.add_argument("--reranker", action="store_true",
+                   help="save a Qwen3-Reranker-format yes/no reranker instead (CrossEncoder layout; "
+                        "--attention/--pooling do not apply)")
     _add_load_args(p)
     p.set_defaults(func=cmd_convert)
 
