@@ -118,7 +118,7 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    keys = sorted((set(a) | set(b)) - IGNORED_CONFIG)
+    keys = sorted((set(a) | set(b)) - IGNORED_CONFIG, key=lambda k: (k not in ("model_type", "architectures"), k))
     return [f"{k}: {a.get(k, '(absent)')!r} vs {b.get(k, '(absent)')!r}" for k in keys if a.get(k) != b.get(k)]
 
 
