@@ -3,6 +3,10 @@
     qzhou eval MODEL --tasks suite|NAME|FILE.yaml|DIR ... [--rules qzhou|qwen3|none] [--out DIR] [--dtype ...]
     qzhou eval MODEL --mteb "MTEB(eng, v2)" ...            (mteb's data comes from the Hugging Face hub)
     qzhou eval compare A.json B.json ... [--out DIR]
+    qzhou eval --list-tasks
+
+`eval compare` has its own parser (`compare_parser`); `qzhou.cli.main` routes to it with `is_compare`, so a model
+folder named `compare` is still evaluable (`qzhou eval compare --tasks ...` when ./compare is a model folder).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ EPILOG = """examples:
   qzhou eval out/my-embedder --tasks my_tasks/ --rules qwen3
   qzhou eval out/my-embedder --mteb "MTEB(eng, v2)" --dtype bfloat16
   qzhou eval compare out/eval/a/results.json out/eval/b --out out/eval/compare
+  qzhou eval --list-tasks
 """
 
 
@@ -25,9 +30,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="MTEB metrics on local YAML tasks or mteb benchmarks; 'eval compare A.json B.json' side by side",
         description="Evaluate an embedder with MTEB's metrics and protocols, with QZhou's or Qwen3's per-task "
                     "instructions, and write results.json, results.md and results.png.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="model folder, hub id or .gguf file; or 'compare' followed by results files")
-    p.add_argument("files", nargs="*", help="(compare) results.json files, or folders holding one")
+        epilog=EPILOG)
+    p.add_argument("model", nargs="?", help="model folder, hub id, .gguf file or 'default'; "
+                   "'compare' starts `qzhou eval compare` (see its --help)")
+    p.add_argument("--list-tasks", action="store_true", help="print the built-in task names and types, and exit")
     p.add_argument("--tasks", nargs="+", metavar="TASK",
                    help="'suite' (every built-in task), built-in names, task YAML files or folders of them")
     p.add_argument("--mteb", nargs="+", metavar="NAME",
@@ -44,16 +50,44 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="override the model's attention (e.g. a base LLM as a bidirectional embedder)")
     p.add_argument("--pooling", choices=["mean", "last", "cls"], default=None, help="override the model's pooling")
     p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights' dtype; auto: bfloat16 on GPUs and CPUs with native bf16, else float32")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.set_defaults(func=cmd_eval)
 
 
+def is_compare(argv: list[str]) -> bool:
+    """`eval compare ...` means the compare command, unless ./compare is a model folder given --tasks/--mteb."""
+    if argv[:2] != ["eval", "compare"]:
+        return False
+    model_folder = (Path("compare") / "config.json").is_file() or any(Path("compare").glob("*.gguf"))
+    return not (model_folder and any(x in argv for x in ("--tasks", "--mteb")))
+
+
+def compare_parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = parser_class(prog="qzhou eval compare", description="Side-by-side table (and chart) of results files "
+                     "written by `qzhou eval`. A model folder named compare: `qzhou eval ./compare --tasks ...`.")
+    p.add_argument("files", nargs="+", help="results.json files, or folders holding one")
+    p.add_argument("--out", default=None, help="folder for compare.md and compare.png (default: print only)")
+    p.set_defaults(func=cmd_compare, command="eval compare")
+    return p
+
+
+def list_tasks() -> None:
+    from qzhou.evaluation.tasks import builtin_tasks, load_spec
+
+    print(f"{'task':<28}{'type':<22}{'language':<10}file")
+    for name, path in builtin_tasks().items():
+        spec = load_spec(path)
+        print(f"{name:<28}{spec.type:<22}{spec.language:<10}{path.name}")
+    print("\n--tasks takes these names (any case), 'suite' for all of them, task YAML files or folders of them")
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
-    if a.model == "compare":
-        return cmd_compare(a)
-    if a.files:
-        raise ValueError(f"unexpected argument(s) {' '.join(a.files)}: give tasks with --tasks (several are fine)")
+    if a.list_tasks:
+        return list_tasks()
+    if not a.model:
+        raise ValueError("give a MODEL to evaluate (or --list-tasks, or `qzhou eval compare A.json B.json`)")
     if a.instructions and not a.mteb:
         raise ValueError("--instructions applies to --mteb tasks; local task files carry their own instruction")
     if not a.tasks and not a.mteb:
@@ -89,10 +123,6 @@ def cmd_eval(a: argparse.Namespace) -> None:
 def cmd_compare(a: argparse.Namespace) -> None:
     from qzhou.evaluation.report import Results, compare, plot
 
-    if a.tasks or a.mteb:
-        raise ValueError("eval compare reads results files only; --tasks and --mteb do not apply")
-    if not a.files:
-        raise ValueError("eval compare needs results files: qzhou eval compare A/results.json B/results.json")
     runs = [Results.load(Path(f) / "results.json" if Path(f).is_dir() else f) for f in a.files]
     table = compare(runs)
     print(table)
