@@ -204,3 +204,25 @@ def test_parse_ranks():
     for bad in ("0-3", "a-b", "9-2"):
         with pytest.raises(ValueError):
             parse_ranks(bad)
+
+
+def test_judge_window_on_hand_made_hits():
+    from collections import Counter
+
+    from qzhou.mining import judge_window
+
+    texts = ["the answer", "A  copy", "a copy", "the question", "old negative", "far away", "also far"]
+    record = {"query": "The question", "pos": ["the answer"], "neg": ["old negative"]}
+    idx = np.array([0, 1, 2, 3, 4, 5, 6, -1])  # best first; -1: the index found no more
+    scores = np.array([0.9, 0.5, 0.5, 0.45, 0.4, 0.3, 0.2, 0.0])
+    stats = Counter()
+    kept, dropped = judge_window(record, 0.9, scores, idx, texts, (1, 10), 0.35, None, stats,
+                                 ids=[f"d{j}" for j in range(7)])
+    assert [(d["rank"], d["id"], d["reason"]) for d in dropped] == [
+        (1, "d0", "positive"), (3, "d2", "duplicate"), (4, "d3", "query"), (5, "d4", "existing")]
+    assert [(k["rank"], k["id"], k["text"], k["score"]) for k in kept] == [
+        (2, "d1", "A  copy", 0.5), (6, "d5", "far away", 0.3), (7, "d6", "also far", 0.2)]
+    assert stats == Counter(positive=1, duplicate=1, query=1, existing=1)
+    kept, dropped = judge_window(record, 0.9, scores, idx, texts, (2, 7), 0.41, 1, Counter())
+    assert [k["text"] for k in kept] == ["far away"] and "id" not in kept[0]  # 0.5 > 0.9 - 0.41: margin
+    assert [d["reason"] for d in dropped] == ["margin", "margin", "query", "existing"]

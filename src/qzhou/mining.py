@@ -8,7 +8,8 @@ Definitions (what the tests check against a brute-force ranking):
   the query), `existing` (already a negative of the record) or `margin` (score > weakest positive's score -
   margin: scoring that close to a positive suggests an unlabelled positive; a negative margin such as -0.1
   tolerates negatives slightly above the positive, like Qwen3's false-negative mask);
-- the rest are kept best-ranked first, up to `num_negatives` (default: all of the window).
+- the rest are kept best-ranked first, up to `num_negatives` (default: all of the window); `judge_window` holds
+  these rules, for this module and for `qzhou.corpus` mining over shards.
 The corpus is de-duplicated by normalised text first (a duplicate would give the same negative twice); without
 a corpus, the distinct positives of the query file are the corpus (QZhou mined from the dataset's own pool).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +109,8 @@ def parse_ranks(text: str) -> tuple[int, int]:
     return lo_i, hi_i
 
 
-def _read_queries(path) -> list[tuple[str, dict]]:
+def read_queries(path) -> list[tuple[str, dict]]:
+    """(where, record) of every retrieval record in `path`; any other record is an error naming its line."""
     rows = []
     for where, record in read_rows(path):
         task, errors, _ = check_record(record)
@@ -119,6 +122,34 @@ def _read_queries(path) -> list[tuple[str, dict]]:
     if not rows:
         raise DataError(f"{path}: no records")
     return rows
+
+
+def judge_window(record: dict, pos_score: float, scores: np.ndarray, idx: np.ndarray, texts: Sequence[str],
+                 ranks: tuple[int, int], margin: float, num_negatives: int | None, stats: Counter,
+                 ids: Sequence[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """One query's rank window by the rules in the module docstring: (kept, dropped) items {rank, score, [id],
+    text[, reason]}. `scores`, `idx`: its hits best first (-1: no hit); `texts[j]` (and `ids[j]`) name hit j.
+    A text equal to one already kept is dropped as `duplicate` (only a corpus not de-duplicated has them)."""
+    pos_keys = {normalize_text(p) for p in record["pos"]}
+    neg_keys = {normalize_text(t) for t in record.get("neg", [])}
+    query_key = normalize_text(record["query"])
+    kept, dropped, taken = [], [], set()
+    for rank in range(ranks[0], min(ranks[1], len(idx)) + 1):
+        j, s = int(idx[rank - 1]), float(scores[rank - 1])
+        if j < 0:
+            break
+        key = normalize_text(texts[j])
+        reason = ("positive" if key in pos_keys else "query" if key == query_key else
+                  "existing" if key in neg_keys else "duplicate" if key in taken else
+                  "margin" if s > pos_score - margin else None)
+        item = {"rank": rank, "score": round(s, 4), **({"id": ids[j]} if ids is not None else {}), "text": texts[j]}
+        if reason:
+            stats[reason] += 1
+            dropped.append({**item, "reason": reason})
+        elif num_negatives is None or len(kept) < num_negatives:
+            kept.append(item)
+            taken.add(key)
+    return kept, dropped
 
 
 def _read_corpus(path, field: str, queries) -> tuple[list[str], int]:
@@ -154,7 +185,7 @@ def mine(queries: str | Path, output: str | Path, model: Any, *, corpus: str | P
     started = time.perf_counter()
     lo, hi = ranks
     output = Path(output)
-    rows = _read_queries(queries)
+    rows = read_queries(queries)
     docs, corpus_dups = _read_corpus(corpus, corpus_field, rows)
     embedder = load_embedder(model, dtype, device)
     doc_emb = normalize(embedder.encode(docs, prompt_name="document", batch_tokens=batch_tokens,
@@ -179,22 +210,8 @@ def mine(queries: str | Path, output: str | Path, model: Any, *, corpus: str | P
             for (where, record), qv, sc, ix in zip(part, q, scores, idx):
                 pos_keys = {normalize_text(p) for p in record["pos"]}
                 pos_score = min(float(qv @ (doc_emb[position[k]] if k in position else pos_vec[k])) for k in pos_keys)
+                kept, dropped = judge_window(record, pos_score, sc, ix, docs, ranks, margin, num_negatives, stats)
                 negs = list(record.get("neg", []))
-                neg_keys = {normalize_text(t) for t in negs}
-                query_key = normalize_text(record["query"])
-                kept, dropped = [], []
-                for rank in range(lo, min(hi, len(ix)) + 1):
-                    j, s = int(ix[rank - 1]), float(sc[rank - 1])
-                    if j < 0:
-                        break
-                    key = doc_keys[j]
-                    reason = ("positive" if key in pos_keys else "query" if key == query_key else
-                              "existing" if key in neg_keys else "margin" if s > pos_score - margin else None)
-                    if reason:
-                        stats[reason] += 1
-                        dropped.append({"rank": rank, "score": round(s, 4), "reason": reason, "text": docs[j]})
-                    elif num_negatives is None or len(kept) < num_negatives:
-                        kept.append({"rank": rank, "score": round(s, 4), "text": docs[j]})
                 out.write({**record, "neg": negs + [k["text"] for k in kept]})
                 added_per_query.append(len(kept))
                 report.write({"source": where, "query": record["query"], "pos_score": round(pos_score, 4),
