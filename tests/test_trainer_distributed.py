@@ -41,7 +41,7 @@ def write(tmp: Path, base: Path, name: str, scale: int, **extra) -> Path:
         # per-process batch sizes: 2 processes × 4 rows = 1 process × 8 rows
         "batch_size": {"retrieval": 8 // scale, "sts": 8 // scale, "classification": 8 // scale},
         "output_dir": str(tmp / name), "hard_negatives": 2, "query_max_length": 16, "passage_max_length": 24,
-        "max_grad_norm": 0.0, **extra,
+        "max_grad_norm": 1e9, **extra,
     }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
