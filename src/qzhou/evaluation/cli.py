@@ -53,6 +53,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights' dtype; auto: bfloat16 on GPUs and CPUs with native bf16, else float32")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--rerank", default=None, metavar="RERANKER",
+                   help="rerank the first stage's top-k with this reranker (Retrieval and Reranking tasks) and "
+                        "report both stages side by side (qzhou.evaluation.rerank)")
+    p.add_argument("--rerank-top-k", type=int, default=100, help="first-stage documents reranked per query")
+    p.add_argument("--first-stage-runs", default=None, metavar="DIR",
+                   help="(--rerank) where first-stage runs are kept and reused (default: OUT/runs)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -103,6 +109,10 @@ def cmd_eval(a: argparse.Namespace) -> None:
         resolve_tasks(a.tasks, a.data_root)
     embedder = Embedder.load(a.model, attention=a.attention, pooling=a.pooling, max_length=a.max_length,
                              dtype=a.dtype, device=a.device)
+    if a.rerank:  # two stages: embedder then reranker (qzhou.evaluation.rerank)
+        from qzhou.evaluation.rerank import run_cli
+
+        return run_cli(a, embedder, _out(a))
     parts: list[Results] = []
     if a.tasks:
         parts.append(evaluate(embedder, a.tasks, a.rules, data_root=a.data_root, model_source=a.model))

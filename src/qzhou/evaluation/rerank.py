@@ -1,0 +1,176 @@
+"""Two-stage evaluation, as Qwen3 evaluated its rerankers: an embedder retrieves, a reranker reorders the first
+stage's top-k, and both stages are scored with the same metrics and reported side by side.
+
+    evaluate_rerank(embedder, reranker, tasks, top_k=100, runs_dir=...) -> (first_stage, reranked) Results
+    qzhou eval EMBEDDER --rerank RERANKER --rerank-top-k 100 --tasks cisi trecqa
+
+The first stage's run (query -> {doc: score}, the top 1000 as mteb keeps) is written to `runs_dir/<task>.json`
+with what produced it (embedder fingerprint, instruction rules, data checksums); a later evaluation with the same
+first stage reads it instead of embedding again, so several rerankers are compared on exactly one candidate list.
+Documents below the top-k keep their first-stage order under the reranked ones, so Recall@1000 stays comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from qzhou.evaluation import metrics
+from qzhou.evaluation.report import Results, TaskResult, compare, describe_model, library_versions, plot
+from qzhou.evaluation.runner import MAIN_SCORE, RULES, EmbeddingCache
+from qzhou.evaluation.tasks import Corpus, LoadedTask, load_task, resolve_tasks
+from qzhou.search import normalize, top_k
+
+RERANK_TYPES = ("Retrieval", "Reranking")
+Run = dict[str, dict[str, float]]
+
+
+def first_stage_run(task: LoadedTask, cache: EmbeddingCache, rules: str) -> Run:
+    """The embedder's run: each judged query against the corpus (its top max(K_VALUES)) or its candidates."""
+    data: Corpus = task.data  # type: ignore[assignment]
+    qids = list(data.qrels)
+    q = normalize(cache([data.queries[x] for x in qids], task.spec.instruction_for("query", rules)))
+    doc_instruction = task.spec.instruction_for("document", rules)
+    if data.candidates is None:
+        doc_ids = list(data.docs)
+        d = normalize(cache([data.docs[x] for x in doc_ids], doc_instruction))
+        scores, idx = top_k(q, d, max(metrics.K_VALUES), metric="dot")
+        return {qid: {doc_ids[j]: float(s) for j, s in zip(row_idx.tolist(), row_scores.tolist(), strict=True)}
+                for qid, row_scores, row_idx in zip(qids, scores, idx, strict=True)}
+    wanted = list(dict.fromkeys(x for qid in qids for x in data.candidates[qid]))
+    d = normalize(cache([data.docs[x] for x in wanted], doc_instruction))
+    row = {x: i for i, x in enumerate(wanted)}
+    return {qid: {x: float(s) for x, s in zip(data.candidates[qid], d[[row[x] for x in data.candidates[qid]]] @ q[i],
+                                                strict=True)}
+            for i, qid in enumerate(qids)}
+
+
+def rerank_run(reranker: Any, task: LoadedTask, first: Run, k: int, instruction: str | None,
+               show_progress: bool = False) -> Run:
+    """The first stage's top `k` of each query scored by the reranker (log-odds, all pairs in one call so the
+    token-budget batches span queries); the rest follow in first-stage order below the lowest reranked score."""
+    data: Corpus = task.data  # type: ignore[assignment]
+    heads = {qid: metrics.ranked(docs)[:k] for qid, docs in first.items()}
+    pairs = [(data.queries[qid], data.docs[doc]) for qid, head in heads.items() for doc in head]
+    _, logits = reranker.score(pairs, instruction=instruction, return_logits=True, show_progress=show_progress)
+    out: Run = {}
+    pos = 0
+    for qid, head in heads.items():
+        scores = {doc: float(z) for doc, z in zip(head, logits[pos:pos + len(head)], strict=True)}
+        pos += len(head)
+        floor = min(scores.values(), default=0.0) - 1.0
+        rest = metrics.ranked(first[qid])[len(head):]
+        scores.update({doc: floor - n for n, doc in enumerate(rest)})
+        out[qid] = scores
+    return out
+
+
+def cached_run(path: Path, key: dict[str, Any], make: Callable[[], Run]) -> tuple[Run, bool]:
+    """(run, reused): the run stored at `path` when it was made with `key`, else a new one written there."""
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON at line {e.lineno} ({e.msg}); delete it to recompute") from None
+        if stored.get("key") == key:
+            return stored["run"], True
+    run = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps({"key": key, "run": run}, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+    return run, False
+
+
+def _task_result(task: LoadedTask, scores: dict[str, float], seconds: float, **extra: Any) -> TaskResult:
+    spec = task.spec
+    return TaskResult(name=spec.name, type=spec.type, main_score=MAIN_SCORE[spec.type], scores=scores,
+                      size=task.size, split=spec.split, language=spec.language, seconds=round(seconds, 2),
+                      origin=spec.origin, files=task.files, **extra)
+
+
+def evaluate_rerank(embedder: Any, reranker: Any, tasks: Sequence[str | Path], rules: str = "qzhou", *,
+                    top_k: int = 100, data_root: str | Path | None = None, runs_dir: str | Path = "out/runs",
+                    embedder_source: str | Path | None = None, reranker_source: str | Path | None = None,
+                    show_progress: bool = False, log: Callable[[str], None] | None = None) -> tuple[Results, Results]:
+    """Score the first stage (`embedder`) and the reranked run (`reranker`, anything with `score(pairs,
+    instruction=..., return_logits=True)`) on the Retrieval and Reranking tasks among `tasks`. The reranker gets
+    each task's query instruction under `rules` (its own default instruction under "none")."""
+    if rules not in RULES:
+        raise ValueError(f"rules must be one of {', '.join(RULES)} (got {rules!r})")
+    if top_k < 1:
+        raise ValueError(f"--rerank-top-k must be positive (got {top_k})")
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    specs = [s for t in tasks for s in resolve_tasks([str(t)], data_root)]
+    kept = [s for s in specs if s.type in RERANK_TYPES]
+    for s in specs:
+        if s.type not in RERANK_TYPES:
+            log(f"{s.name}: a {s.type} task; reranking evaluates {' and '.join(RERANK_TYPES)} tasks only, skipped")
+    if not kept:
+        raise ValueError(f"none of the tasks is a {' or '.join(RERANK_TYPES)} task; nothing to rerank")
+    loaded = [load_task(s) for s in kept]
+    first_model = describe_model(embedder, embedder_source)
+    second_model = describe_model(reranker, reranker_source) | {"first_stage": first_model["name"], "top_k": top_k}
+    cache = EmbeddingCache(embedder)
+    first_results, second_results = [], []
+    for task in loaded:
+        key = {"task": task.spec.name, "files": task.files, "rules": rules, "embedder": first_model["name"],
+               "fingerprint": first_model["fingerprint"], "depth": max(metrics.K_VALUES)}
+        start, before = time.perf_counter(), cache.encoded
+        first, reused = cached_run(Path(runs_dir) / f"{task.spec.name}.json", key,
+                                   lambda task=task: first_stage_run(task, cache, rules))
+        first_scores = metrics.retrieval_scores(first, task.data.qrels)  # type: ignore[union-attr]
+        mid = time.perf_counter()
+        instruction = task.spec.instruction_for("query", rules)
+        second = rerank_run(reranker, task, first, top_k, instruction, show_progress)
+        second_scores = metrics.retrieval_scores(second, task.data.qrels)  # type: ignore[union-attr]
+        first_results.append(_task_result(task, first_scores, mid - start, texts_embedded=cache.encoded - before,
+                                          instructions={s: task.spec.instruction_for(s, rules)
+                                                        for s in ("query", "document")},
+                                          protocol={"first_stage_run": "reused" if reused else "computed"}))
+        second_results.append(_task_result(task, second_scores, time.perf_counter() - mid,
+                                           instructions={"reranker": instruction},
+                                           protocol={"rerank_top_k": top_k, "pairs": sum(min(top_k, len(r))
+                                                                                         for r in first.values())}))
+        main = MAIN_SCORE[task.spec.type]
+        log(f"{task.spec.name:<28} {main}: first stage {100 * first_scores[main]:.2f} -> reranked top-{top_k} "
+            f"{100 * second_scores[main]:.2f} (first-stage run {'reused' if reused else 'computed'})")
+    versions = library_versions()
+    return (Results(model=first_model, rules=rules, versions=versions, tasks=first_results),
+            Results(model=second_model, rules=rules, versions=versions, tasks=second_results))
+
+
+def save_rerank_report(first: Results, reranked: Results, out: str | Path) -> dict[str, Path]:
+    """first_stage/ and reranked/ (results.json, .md, .png each), plus rerank.md and rerank.png side by side."""
+    out = Path(out)
+    paths = {f"first_stage_{k}": v for k, v in first.save(out / "first_stage").items()}
+    paths |= {f"reranked_{k}": v for k, v in reranked.save(out / "reranked").items()}
+    labels = ["first stage", f"reranked top-{reranked.model.get('top_k')}"]
+    table = compare([first, reranked], labels)
+    paths["markdown"] = out / "rerank.md"
+    paths["markdown"].write_text(f"## qzhou eval --rerank: {first.model['name']} -> {reranked.model['name']}\n\n"
+                                 + table, encoding="utf-8")
+    try:
+        paths["plot"] = plot([first, reranked], out / "rerank.png", labels)
+    except ImportError as e:
+        print(f"qzhou eval: no chart written ({e})", file=sys.stderr)
+    return paths
+
+
+def run_cli(a: Any, embedder: Any, out: Path) -> None:
+    """`qzhou eval EMBEDDER --rerank RERANKER --rerank-top-k K --tasks ...` (called by `evaluation.cli`)."""
+    from qzhou import Reranker
+
+    if a.mteb:
+        raise ValueError("--rerank evaluates local tasks (--tasks); run --mteb without --rerank")
+    reranker = Reranker.load(a.rerank, dtype=a.dtype, device=a.device)
+    first, reranked = evaluate_rerank(embedder, reranker, a.tasks, a.rules, top_k=a.rerank_top_k,
+                                      data_root=a.data_root, runs_dir=a.first_stage_runs or out / "runs",
+                                      embedder_source=a.model, reranker_source=a.rerank, show_progress=True)
+    paths = save_rerank_report(first, reranked, out)
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
