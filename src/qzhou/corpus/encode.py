@@ -100,12 +100,12 @@ def _worker_dtype(job: CorpusJob, devices: list[str]) -> str:
     return str(resolve_dtype(job.dtype, device)).removeprefix("torch.")
 
 
-def _run_engine(job: CorpusJob, embedder, files: dict[str, InputFile], todo: list[Shard], out: Path) -> list[dict]:
+def _run_engine(job: CorpusJob, embedder, config, files: dict[str, InputFile], todo: list[Shard], out: Path) -> list[dict]:
     devices = parse_devices(job.devices)
     if job.engine == "ray":
         from qzhou.corpus.ray_engine import run_ray
 
-        return run_ray(job, embedder.config, files, todo, out)
+        return run_ray(job, config, files, todo, out)
     if len(devices) <= 1:
         return run_in_process(embedder, files, todo, out, job.settings, str(embedder.device), job.progress)
     if not isinstance(job.model, (str, Path)):
@@ -135,12 +135,13 @@ def encode_corpus(job: CorpusJob) -> dict:
     remove_temporaries(out)
     mine = select(shards, *part)
     todo = [s for s in mine if shard_rows(out / s.name) != s.rows]
+    config = embedder.config
     if not in_process and embedder is not job.model:
         del embedder  # the workers load their own copy
         gc.collect()
         embedder = None
     run_started = time.perf_counter()
-    workers = _run_engine(job, embedder, {f.rel: f for f in files}, todo, out) if todo else []
+    workers = _run_engine(job, embedder, config, {f.rel: f for f in files}, todo, out) if todo else []
     seconds = time.perf_counter() - run_started
     encoded = sum(w["rows"] for w in workers)
     tag = mf.worker_tag(f"{job.engine}-{part[0]}of{part[1]}")

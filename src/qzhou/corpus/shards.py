@@ -8,6 +8,7 @@ shard's final name is always complete; a killed run leaves at most a `*.tmp-*` f
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def write_shard(path: Path, ids: list[str], embeddings: np.ndarray, dtype: str =
     emb = np.ascontiguousarray(embeddings, dtype=np.dtype(dtype))
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
     table = pa.table({"id": pa.array(ids, type=pa.string()), "embedding": vectors})
-    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}")
     # no compression and no dictionary: embeddings do not compress, and plain pages map straight to memory
     pq.write_table(table, tmp, compression="none", use_dictionary=["id"], write_statistics=False)
     os.replace(tmp, path)
@@ -46,9 +47,25 @@ def shard_rows(path: Path) -> int | None:
         return None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_temporaries(folder: Path) -> int:
-    """Delete the temporary files a killed run left behind; returns how many."""
-    stale = [p for p in folder.glob(f"*.parquet{TMP_MARK}*") if p.is_file()]
+    """Delete the temporary files that killed runs on this host left behind (a live process's file, or another
+    host's, may still be renamed into place); returns how many."""
+    host = socket.gethostname()
+    stale = []
+    for p in folder.glob(f"*.parquet{TMP_MARK}*"):
+        owner, _, pid = p.name.partition(TMP_MARK)[2].rpartition("-")
+        if owner == host and pid.isdigit() and not _alive(int(pid)):
+            stale.append(p)
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
