@@ -123,8 +123,10 @@ def _clustering(task: LoadedTask, cache: EmbeddingCache, rules: str, _: int) -> 
     return {"v_measure": float(np.mean(scores)), "v_measure_std": float(np.std(scores))}
 
 
-def _retrieval(task: LoadedTask, cache: EmbeddingCache, rules: str, faiss_min_docs: int) -> dict[str, float]:
-    """Queries with a relevant document against the corpus (retrieval) or against their candidates (reranking)."""
+def retrieval_run(task: LoadedTask, cache: EmbeddingCache, rules: str,
+                  faiss_min_docs: int = FAISS_MIN_DOCS) -> dict[str, dict[str, float]]:
+    """query -> {doc: cosine}: each judged query against the corpus (its top max(K_VALUES), as mteb keeps) or
+    against its own candidates (reranking tasks). The first stage of two-stage evaluation uses it too."""
     data: Corpus = task.data  # type: ignore[assignment]
     qids = list(data.qrels)
     q = normalize(cache([data.queries[x] for x in qids], task.spec.instruction_for("query", rules)))
@@ -133,18 +135,19 @@ def _retrieval(task: LoadedTask, cache: EmbeddingCache, rules: str, faiss_min_do
         doc_ids = list(data.docs)
         d = normalize(cache([data.docs[x] for x in doc_ids], doc_instruction))
         scores, idx = top_k(q, d, max(metrics.K_VALUES), metric="dot", faiss_min_docs=faiss_min_docs)
-        results = {qid: dict(zip([doc_ids[j] for j in row_idx.tolist()], row_scores.tolist(), strict=True))
-                   for qid, row_scores, row_idx in zip(qids, scores, idx, strict=True)}
-    else:
-        wanted = [x for qid in qids for x in data.candidates[qid]]
-        d = normalize(cache([data.docs[x] for x in wanted], doc_instruction))
-        row = {x: i for i, x in enumerate(wanted)}
-        results = {}
-        for i, qid in enumerate(qids):
-            cands = data.candidates[qid]
-            sims = d[[row[x] for x in cands]] @ q[i]
-            results[qid] = {x: float(s) for x, s in zip(cands, sims, strict=True)}
-    return metrics.retrieval_scores(results, data.qrels)
+        return {qid: dict(zip([doc_ids[j] for j in row_idx.tolist()], row_scores.tolist(), strict=True))
+                for qid, row_scores, row_idx in zip(qids, scores, idx, strict=True)}
+    wanted = list(dict.fromkeys(x for qid in qids for x in data.candidates[qid]))  # candidates shared by queries
+    d = normalize(cache([data.docs[x] for x in wanted], doc_instruction))
+    row = {x: i for i, x in enumerate(wanted)}
+    return {qid: dict(zip(data.candidates[qid], (d[[row[x] for x in data.candidates[qid]]] @ q[i]).tolist(),
+                          strict=True))
+            for i, qid in enumerate(qids)}
+
+
+def _retrieval(task: LoadedTask, cache: EmbeddingCache, rules: str, faiss_min_docs: int) -> dict[str, float]:
+    """Queries with a relevant document against the corpus (retrieval) or against their candidates (reranking)."""
+    return metrics.retrieval_scores(retrieval_run(task, cache, rules, faiss_min_docs), task.data.qrels)
 
 
 SCORERS = {"STS": _pairs, "PairClassification": _pairs, "Classification": _classification,
