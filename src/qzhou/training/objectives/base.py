@@ -73,8 +73,8 @@ def build_embedder(cfg, source: str, first: bool):
     e = Embedder.load(source, dtype="float32", device="cpu", **{k: v for k, v in kwargs.items() if v})
     if first and cfg.model.layers and cfg.model.layers != e.backbone.config.num_hidden_layers:
         e.keep_layers(cfg.model.layers)  # (a resumed first stage loads its checkpoint: already cut)
-    if cfg.model.gradient_checkpointing:
-        e.backbone.gradient_checkpointing_enable()
+    if cfg.model.gradient_checkpointing:  # (transformers 5 renames it activation checkpointing)
+        getattr(e.backbone, "activation_checkpointing_enable", e.backbone.gradient_checkpointing_enable)()
     if cfg.lora is not None:
         from peft import LoraConfig, get_peft_model
 
