@@ -50,13 +50,15 @@ def _save_tokenizer(reranker, folder: Path) -> None:
     _write(path, data)
 
 
-def save_cross_encoder(reranker, folder: str | Path) -> Path:
+def save_cross_encoder(reranker, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     import sentence_transformers
     import transformers
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    reranker.model.save_pretrained(folder)
+    if state_dict is not None:  # the Reranker's keys ("model." + the causal LM's own)
+        state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
+    reranker.model.save_pretrained(folder, state_dict=state_dict)
     _save_tokenizer(reranker, folder)
     _write(folder / "modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},

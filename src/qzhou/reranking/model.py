@@ -69,12 +69,13 @@ class Reranker(nn.Module):
         tokenizer = loading.load_tokenizer(folder, gguf_file)
         return cls(model.to(device), tokenizer, config)
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the sentence-transformers CrossEncoder layout for causal rerankers (LogitScore over the yes/no
-        ids, the prompt as a chat template) plus `qzhou_reranker.json`; see `reranking.export`."""
+        ids, the prompt as a chat template) plus `qzhou_reranker.json`; see `reranking.export`. `state_dict`: the
+        full weights where the module holds only a shard (FSDP, DeepSpeed ZeRO-3), keys as this module's."""
         from qzhou.reranking.export import save_cross_encoder
 
-        return save_cross_encoder(self, path)
+        return save_cross_encoder(self, path, state_dict)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -111,42 +112,28 @@ class Reranker(nn.Module):
         }
 
     # ---------------------------------------------------------------- prompts
-    def format_pairs(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[list[int]]:
+    def format_pairs(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None, *,
+                     max_length: int | None = None) -> list[list[int]]:
         """Token ids of the full prompts. Only the document is truncated (its end is cut), so the template's prefix,
-        the instruction, the query and the closing assistant turn always survive within `max_length`."""
+        the instruction, the query and the closing assistant turn always survive within `max_length` (default: the
+        reranker's)."""
         pairs = _check_pairs(pairs)
+        max_length = max_length or self.max_length
         if instruction is not None and not instruction.strip():
             raise ValueError("instruction is empty; leave it out to use the default instruction")
-        limit = self.max_length * _CHARS_PER_TOKEN_CUT
+        limit = max_length * _CHARS_PER_TOKEN_CUT
         rendered = [self.config.render(q, d[:limit], instruction) for q, d in pairs]
         enc = self.tokenizer([r[0] for r in rendered], add_special_tokens=False, return_offsets_mapping=True,
                              verbose=False)
         out = []
         for i, (q, d) in enumerate(pairs):
-            ids = self._fit(enc["input_ids"][i], enc["offset_mapping"][i], rendered[i][1:], len(d) > limit, i)
+            ids = _fit(enc["input_ids"][i], enc["offset_mapping"][i], rendered[i][1:], len(d) > limit, i, max_length)
             if ids is None:  # the pre-cut left too few document tokens: tokenize the whole document
                 text, start, end = self.config.render(q, d, instruction)
                 one = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-                ids = self._fit(one["input_ids"], one["offset_mapping"], (start, end), False, i)
+                ids = _fit(one["input_ids"], one["offset_mapping"], (start, end), False, i, max_length)
             out.append(ids)
         return out
-
-    def _fit(self, ids: list[int], offsets: list[tuple[int, int]], span: tuple[int, int], cut: bool,
-             i: int) -> list[int] | None:
-        """Drop the document's last tokens until the prompt fits; None when a pre-cut document might be too short."""
-        if len(ids) <= self.max_length and not cut:
-            return list(ids)
-        start, end = span
-        inside = [t for t, (a, b) in enumerate(offsets) if b > start and a < end]
-        first, stop = inside[0], inside[-1] + 1
-        budget = self.max_length - (len(ids) - (stop - first))
-        if budget < 1:
-            raise ValueError(f"pair {i}: the template, instruction and query take {len(ids) - (stop - first)} tokens, "
-                             f"leaving no room for the document within max_length={self.max_length}; shorten the "
-                             "query or raise max_length")
-        if cut and stop - first < budget + _CUT_MARGIN:
-            return None
-        return list(ids[:first + budget]) + list(ids[stop:])
 
     # ---------------------------------------------------------------- computation
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -220,6 +207,24 @@ class Reranker(nn.Module):
                           batch_tokens=batch_tokens, show_progress=show_progress)
         order = sorted(range(len(docs)), key=lambda i: -z[i])[:top_k]
         return [{"index": i, "score": float(p[i]), "logit": float(z[i])} for i in order]
+
+
+def _fit(ids: list[int], offsets: list[tuple[int, int]], span: tuple[int, int], cut: bool, i: int,
+         max_length: int) -> list[int] | None:
+    """Drop the document's last tokens until the prompt fits; None when a pre-cut document might be too short."""
+    if len(ids) <= max_length and not cut:
+        return list(ids)
+    start, end = span
+    inside = [t for t, (a, b) in enumerate(offsets) if b > start and a < end]
+    first, stop = inside[0], inside[-1] + 1
+    budget = max_length - (len(ids) - (stop - first))
+    if budget < 1:
+        raise ValueError(f"pair {i}: the template, instruction and query take {len(ids) - (stop - first)} tokens, "
+                         f"leaving no room for the document within max_length={max_length}; shorten the query or "
+                         "raise max_length")
+    if cut and stop - first < budget + _CUT_MARGIN:
+        return None
+    return list(ids[:first + budget]) + list(ids[stop:])
 
 
 def _check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
