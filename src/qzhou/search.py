@@ -2,8 +2,8 @@
 
 Scores are cosine by default: rows are L2-normalised here, because a loaded model need not normalise (a
 sentence-transformers folder without a Normalize module gives raw pooled vectors, whose dot products rank long
-vectors first). The corpus is scored block by block, so memory stays bounded by `block_bytes` whatever its size,
-and the best k so far are carried from block to block. Ties are broken by corpus index, lowest first, so the
+vectors first). The corpus is scored block by block and the best k so far are carried from block to block, so
+memory stays a few times `block_bytes` (a score matrix and its working copies) whatever the corpus size. Ties are broken by corpus index, lowest first, so the
 result is the same for any block size and equals a stable sort of the full score matrix.
 
 Large corpora (`faiss_min_docs` rows or more) go through faiss's IndexFlatIP when faiss is installed: also exact
@@ -85,9 +85,14 @@ def _keep_best(scores: np.ndarray, k: int) -> np.ndarray:
         return np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
     m = scores.shape[1]
     kth = np.partition(scores, m - k, axis=1)[:, m - k:m - k + 1]  # (C, 1) the k-th best score of each row
-    above = scores > kth
+    keep = scores > kth
     tied = scores == kth
-    keep = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= k - above.sum(axis=1, keepdims=True)))
+    need = k - keep.sum(axis=1)  # how many of the tied columns each row takes
+    crowded = np.flatnonzero(tied.sum(axis=1) > need)  # rows with more ties at the cut than places left
+    if crowded.size:
+        first = np.cumsum(tied[crowded], axis=1, dtype=np.int32) <= need[crowded, None]
+        tied[crowded] &= first
+    keep |= tied
     return np.nonzero(keep)[1].reshape(len(scores), k)  # row-major: each row's k columns, ascending
 
 
