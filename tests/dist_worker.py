@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py under torch.distributed.run (2 processes, gloo, CPU): each rank embeds its
-slice of a global batch with a DDP-wrapped model, the loss is computed on gathered embeddings (plain or
-GradCache), and rank 0 writes the loss and the DDP-averaged parameter gradients to argv[1]."""
+slice of a global batch with a DDP-wrapped model through the packer, the loss is computed on gathered embeddings
+(plain, merged or GradCache), and rank 0 writes the loss and the DDP-averaged parameter gradients to argv[1]. The
+ranks hold different numbers of negatives, so their forward counts differ and the packer pads them."""
 
 from __future__ import annotations
 
@@ -12,22 +13,41 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from qzhou.training.gradcache import gradcache_backward
 from qzhou.training.objectives import LossConfig, classification_loss, retrieval_loss, sts_loss
+from qzhou.training.packing import Engine, Packing, pack_and_embed
+
+B, NEGATIVES, RANK0_NEGATIVES = 8, 12, 9  # queries/positives split evenly; negatives 9 + 3
 
 
-def data():
-    g = torch.Generator().manual_seed(0)
-    B, K, D = 8, 2, 12
-    return {"q": torch.randn(B, D, generator=g), "p": torch.randn(B, D, generator=g),
-            "n": torch.randn(B * K, D, generator=g), "scores": torch.rand(B, generator=g),
-            "labels": torch.randint(0, 3, (B,), generator=g), "neg_labels": torch.randint(0, 3, (B * K,), generator=g),
-            "pos_keys": torch.arange(B), "neg_keys": torch.arange(B, B + B * K)}
+class Tiny(torch.nn.Module):
+    """forward(input_ids, attention_mask) -> one row per input row, like the Embedder."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(30, 12)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
+
+    def forward(self, input_ids, attention_mask):
+        m = attention_mask.unsqueeze(-1).float()
+        return self.mlp((self.emb(input_ids) * m).sum(1) / m.sum(1))
 
 
 def model():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
+    return Tiny()
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+
+    def rows(n):
+        return [torch.randint(1, 30, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+                for _ in range(n)]
+
+    return {"q": rows(B), "p": rows(B), "n": rows(NEGATIVES), "scores": torch.rand(B, generator=g),
+            "labels": torch.randint(0, 3, (B,), generator=g),
+            "neg_labels": torch.randint(0, 3, (NEGATIVES,), generator=g),
+            "pos_keys": torch.arange(B), "neg_keys": torch.arange(B, B + NEGATIVES)}
 
 
 def objectives(cfg):
@@ -36,39 +56,45 @@ def objectives(cfg):
         "qwen3": (("q", "p", "n"), lambda q, p, n, d: retrieval_loss(LossConfig(retrieval="qwen3", tau=0.1), q, p, n,
                                                                      d["pos_keys"], d["neg_keys"])),
         "cosent": (("q", "p"), lambda a, b, d: sts_loss(cfg, a, b, d["scores"])),
-        "classification": (("q", "p", "n"), lambda t, p, n, d: classification_loss(cfg, t, p, n, d["labels"], d["neg_labels"])),
+        "classification": (("q", "p", "n"), lambda t, p, n, d: classification_loss(cfg, t, p, n, d["labels"],
+                                                                                   d["neg_labels"])),
     }
 
 
-def local(d, rank, world):
-    out = {}
-    for k, v in d.items():
-        size = v.shape[0] // world
-        out[k] = v[rank * size:(rank + 1) * size]
-    return out
+def local(d, rank):
+    half = slice(rank * B // 2, (rank + 1) * B // 2)
+    neg = slice(0, RANK0_NEGATIVES) if rank == 0 else slice(RANK0_NEGATIVES, NEGATIVES)
+    return {k: v[neg] if k in ("n", "neg_labels", "neg_keys") else v[half] for k, v in d.items()}
+
+
+MODES = {"plain": Packing(merge=False), "merged": Packing(), "gradcache": Packing(merge=False, chunk_size=2),
+         "gradcache-merged": Packing(chunk_size=3)}
+
+
+def most_forwards(n: int) -> int:
+    count = torch.tensor([n])
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    return int(count)
 
 
 def main():
     dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
     net = DDP(model())
-    d = local(data(), rank, world)
+    d = local(data(), rank)
     cfg = LossConfig(tau=0.1)
     results = {}
-    for mode in ("plain", "gradcache"):
+    for mode, packing in MODES.items():
         for name, (roles, fn) in objectives(cfg).items():
             net.zero_grad()
-            groups = [{"x": d[r]} for r in roles]
-
-            def loss_fn(*embs, fn=fn):
-                return fn(*embs, d)
-
-            if mode == "plain":
-                loss = loss_fn(*[net(g["x"]) for g in groups])
-                loss.backward()
-            else:
-                loss = gradcache_backward(lambda f: net(f["x"]), groups, loss_fn, chunk_size=2, no_sync=net.no_sync)
-            results[f"{mode}/{name}"] = {"loss": loss.detach().item(), "grads": [p.grad.flatten().tolist() for p in net.parameters()]}
+            engine = Engine(no_sync=net.no_sync, keep_last=False, most_forwards=most_forwards)
+            batch = pack_and_embed({r: d[r] for r in roles}, net, packing, engine)
+            loss = fn(*batch.embeddings.values(), d)
+            batch.backward(loss)
+            padding = [0, 0]
+            dist.all_gather_object(padding, len(batch.padding))
+            results[f"{mode}/{name}"] = {"loss": loss.detach().item(), "padding": padding,
+                                         "grads": [p.grad.flatten().tolist() for p in net.parameters()]}
     if rank == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(results, f)
