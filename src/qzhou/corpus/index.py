@@ -63,7 +63,7 @@ class ShardIndex:
     """Cosine search over the shards listed in a manifest (rows are L2-normalised as they are read)."""
 
     def __init__(self, folder: Path, names: list[str], rows: int, dim: int, kind: str = "exact", *,
-                 nprobe: int = 64, hnsw_m: int = 32, refine_factor: int = 4, train_rows: int | None = None,
+                 nprobe: int = 64, hnsw_m: int = 32, refine_factor: int = 8, train_rows: int | None = None,
                  seed: int = 0, progress: bool = True):
         self.folder, self.names, self.n, self.d, self.kind = Path(folder), list(names), rows, dim, kind
         self.progress, self.refine_factor, self.index = progress, refine_factor, None
