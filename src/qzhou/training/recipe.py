@@ -4,12 +4,13 @@ overrides. Unknown keys are errors that name the key and the file."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError, model_validator
 
 from qzhou.data.manifest import DatasetSpec, resolve_paths
+from qzhou.merging.stage import MergeStageSpec
 
 
 class Strict(BaseModel):
@@ -51,11 +52,20 @@ class StageSpec(Strict):
     keep_checkpoints: int | None = None  # newest checkpoints kept; None = the recipe's keep_checkpoints
 
 
+def _stage_kind(value: Any) -> str:
+    """A stage with a `merge:` mapping is a merge stage (issue 12); any other is a training stage."""
+    return "merge" if isinstance(value, MergeStageSpec) or (isinstance(value, dict) and "merge" in value) else "train"
+
+
+AnyStage = Annotated[Annotated[StageSpec, Tag("train")] | Annotated[MergeStageSpec, Tag("merge")],
+                     Discriminator(_stage_kind)]
+
+
 class TrainConfig(Strict):
     model: ModelSpec
     lora: LoraSpec | None = None
     datasets: list[DatasetSpec]
-    stages: list[StageSpec]
+    stages: list[AnyStage]
     output_dir: Path = Path("out/train")
     seed: int = 0
     precision: Literal["fp32", "bf16-mixed", "auto"] = "fp32"  # auto: bf16 autocast on GPUs / CPUs with native bf16
@@ -80,7 +90,8 @@ class TrainConfig(Strict):
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         names = {d.name for d in self.datasets}
-        for stage in self.stages:
+        self._check_merge_stages()
+        for stage in self.training_stages():
             missing = [n for n in stage.datasets if n not in names]
             if missing:
                 raise ValueError(f"stage {stage.name!r} names unknown datasets {missing}; known: {sorted(names)}")
@@ -88,11 +99,25 @@ class TrainConfig(Strict):
             raise ValueError("length_buckets must be >= 1")
         if self.query_max_length < 1 or self.passage_max_length < 1:
             raise ValueError("query_max_length and passage_max_length must be >= 1")
-        for stage in self.stages:
+        for stage in self.training_stages():
             keep = self.keep_checkpoints if stage.keep_checkpoints is None else stage.keep_checkpoints
             if keep < 1 or (stage.checkpoint_every or 0) < 0:
                 raise ValueError(f"stage {stage.name!r}: keep_checkpoints must be >= 1 and checkpoint_every >= 0")
         return self
+
+    def training_stages(self) -> list[StageSpec]:
+        return [s for s in self.stages if isinstance(s, StageSpec)]
+
+    def _check_merge_stages(self) -> None:
+        """A merge stage merges the checkpoints of an earlier training stage (default: the one before it)."""
+        for i, stage in enumerate(self.stages):
+            if not isinstance(stage, MergeStageSpec):
+                continue
+            earlier = [s.name for s in self.stages[:i] if isinstance(s, StageSpec)]
+            source = stage.merge.stage or (self.stages[i - 1].name if i else None)
+            if source not in earlier:
+                raise ValueError(f"merge stage {stage.name!r}: merge.stage must name an earlier training stage "
+                                 f"(got {source!r}; earlier training stages: {earlier})")
 
     def batch_size_of(self, spec: DatasetSpec) -> int:
         """Rows per process for a dataset: its own batch_size, else the recipe's for its task."""

@@ -179,9 +179,22 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, st
     return final
 
 
+def merge_stage(cfg: TrainConfig, stage, index: int, stage_dir: Path) -> Path:
+    """A `merge:` stage (issue 12, `qzhou.merging.stage`): the main process merges the checkpoints an earlier stage
+    kept into stage_dir/final; other processes wait for its DONE marker."""
+    from qzhou.merging.stage import run_merge_stage
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        while not (stage_dir / "DONE").is_file():
+            time.sleep(1.0)
+        return stage_dir / "final"
+    source = stage.merge.stage or cfg.stages[index - 1].name
+    return run_merge_stage(stage, cfg.output_dir / source, stage_dir)
+
+
 def train(cfg: TrainConfig) -> Path:
-    """Run every stage in order; returns the final model folder of the last stage. (A `merge:` stage, issue 12,
-    would be dispatched here on its spec type and turn the previous stage's checkpoints into `source`.)"""
+    """Run every stage in order; returns the final model folder of the last stage. A `merge:` stage (issue 12)
+    turns an earlier stage's checkpoints into `source` (`merge_stage`)."""
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -191,7 +204,10 @@ def train(cfg: TrainConfig) -> Path:
         if (stage_dir / "DONE").is_file():  # finished earlier: a rerun continues with the next stage
             source = str(stage_dir / "final")
             continue
-        source = str(train_stage(cfg, stage, source, i == 0, stage_dir))
+        if isinstance(stage, StageSpec):
+            source = str(train_stage(cfg, stage, source, i == 0, stage_dir))
+        else:
+            source = str(merge_stage(cfg, stage, i, stage_dir))
         if int(os.environ.get("RANK", "0")) == 0:
             (stage_dir / "DONE").write_text("ok\n")
     return Path(source)
