@@ -5,8 +5,8 @@ one worker thread (the event loop never blocks), and hands every row's result ba
 Why rows and not requests: one request may carry hundreds of inputs and many requests one each; the model's
 cost is the padded batch (rows x longest row), so the budget is counted in rows and tokens, whoever sent them.
 
-A batch that raises is re-run one request at a time, so only the request that fails gets the error and the
-others get their results (a bad input, or memory, fails its own request only). `close()` drains: everything
+A batch that raises is split by request and re-run in halves down to the request that fails alone, so only
+that request gets the error and the others get their results (a bad input, or memory, fails its own request only). `close()` drains: everything
 accepted is run before the loop ends (graceful shutdown).
 """
 
@@ -171,12 +171,11 @@ class Batcher:
             self.metrics.batch_tokens.labels(self.name).observe(len(batch) * batch[0].length)
         try:
             results = await self._call(batch)
-        except Exception as e:  # noqa: BLE001 - the batch's requests are retried alone below
-            jobs = list(dict.fromkeys(id(r.job) for r in batch))
-            if len(jobs) == 1:
-                self._fail(batch[0].job, e)
-            else:
-                await self._isolate(batch)
+        except Exception as e:  # noqa: BLE001 - the batch's requests are re-run in halves below
+            by_job: dict[int, list[_Row]] = {}
+            for r in batch:
+                by_job.setdefault(id(r.job), []).append(r)
+            await self._isolate(list(by_job.values()), e)
             return
         finally:
             self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (loop.time() - start)
@@ -192,18 +191,22 @@ class Batcher:
             raise RuntimeError(f"the model returned {len(results)} results for {len(batch)} inputs")
         return results
 
-    async def _isolate(self, batch: list[_Row]) -> None:
-        """A failed batch of several requests: run each request's rows alone, so only the culprit fails."""
-        by_job: dict[int, list[_Row]] = {}
-        for r in batch:
-            by_job.setdefault(id(r.job), []).append(r)
-        for rows in by_job.values():
-            if rows[0].job.done:
+    async def _isolate(self, groups: list[list[_Row]], error: Exception) -> None:
+        """Requests (row groups) that failed together: a lone request gets the error; several are split in halves
+        and each half runs again, down to the request that fails alone (about 2 log2(n) extra forwards)."""
+        groups = [g for g in groups if not g[0].job.done]
+        if len(groups) == 1:
+            self._fail(groups[0][0].job, error)
+            return
+        half = len(groups) // 2
+        for part in (groups[:half], groups[half:]):
+            if not part:
                 continue
+            rows = [r for g in part for r in g]
             try:
                 self._deliver(rows, await self._call(rows))
-            except Exception as e:  # noqa: BLE001 - this request's own failure, answered as a 500
-                self._fail(rows[0].job, e)
+            except Exception as e:  # noqa: BLE001 - narrowed down in the recursion
+                await self._isolate(part, e)
 
     def _deliver(self, rows: list[_Row], results: Sequence[Any]) -> None:
         for r, res in zip(rows, results):

@@ -44,6 +44,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-client-batch", type=int, default=256, help="inputs per request; more get a 422")
     p.add_argument("--payload-limit", type=int, default=2_000_000, help="request body bytes; more get a 413")
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds; longer requests get a 504")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for the model (default: torch's choice; 1 can be faster on a busy machine)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -109,6 +111,10 @@ def run_server(a: argparse.Namespace, embedder: Any = None, reranker: Any = None
 
     from qzhou.serving.app import create_app
 
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     app = create_app(build_state(a, embedder, reranker))
     config = uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level, access_log=False,
                             timeout_graceful_shutdown=int(a.request_timeout) + 5)
