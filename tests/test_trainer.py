@@ -130,3 +130,71 @@ def test_lora_merged_on_save(tmp_path, base_dirs):
     assert "adapter_config.json" not in folder_files and "model.safetensors" in folder_files
     base, tuned = weights(base_dirs["qwen3"]), weights(final)
     assert base.shape == tuned.shape and not torch.equal(base, tuned)
+
+
+def test_bf16_autocast_checkpoint_cadence_and_trackers(tmp_path, base_dirs, monkeypatch):
+    """precision bf16-mixed: forwards run under CPU autocast and training follows fp32 closely; per-stage checkpoint
+    cadence and keep_checkpoints; the TensorBoard tracker writes into STAGE/tb."""
+    from qzhou.training.objectives import Objective
+
+    seen = []
+    build = Objective.build_model.__func__
+
+    def spy(cls, cfg, source, first):
+        model = build(cls, cfg, source, first)
+        model.register_forward_hook(lambda m, args, out: seen.append((torch.is_autocast_enabled("cpu"), out.dtype)))
+        return model
+
+    monkeypatch.setattr(Objective, "build_model", classmethod(spy))
+    stages = [{"name": "stage1", "datasets": ["ret"], "steps": 3, "lr": 1e-4, "checkpoint_every": 1,
+               "keep_checkpoints": 3},
+              {"name": "stage2", "datasets": ["ret", "sts", "cls"], "steps": 4, "lr": 1e-4, "checkpoint_every": 2}]
+    fp32 = train(load_recipe(recipe(tmp_path / "a", base_dirs["qwen2"], stages=stages)))
+    assert not any(on for on, _ in seen)
+    seen.clear()
+    bf16 = train(load_recipe(recipe(tmp_path / "b", base_dirs["qwen2"], stages=stages, precision="bf16-mixed")))
+    assert seen and all(on for on, _ in seen) and {dtype for _, dtype in seen} <= {torch.bfloat16, torch.float32}
+    for stage in ("stage1", "stage2"):
+        a, b = ([json.loads(x)["loss"] for x in (out.parent.parent / stage / "losses.jsonl").read_text().splitlines()]
+                for out in (fp32, bf16))
+        assert all(abs(x - y) <= 0.05 * abs(x) for x, y in zip(a, b)), (stage, a, b)
+    out = tmp_path / "b" / "out"
+    assert sorted(p.name for p in (out / "stage1").glob("checkpoint-*")) == [f"checkpoint-{i}" for i in (1, 2, 3)]
+    assert sorted(p.name for p in (out / "stage2").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "stage2" / "tb").rglob("*"))
+
+
+def test_lora_resume_and_unmerged_adapter(tmp_path, base_dirs, monkeypatch):
+    """LoRA with merge_on_save false: each stage's final folder holds the adapter alone (for the recipe's base),
+    stage 2 keeps training stage 1's adapter, and a run interrupted after a checkpoint resumes to the same adapter."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "merge_on_save": False}
+    straight = train(load_recipe(recipe(tmp_path / "a", base_dirs["qwen3"], lora=lora, checkpoint_every=2)))
+    path_b = recipe(tmp_path / "b", base_dirs["qwen3"], lora=lora, checkpoint_every=2)
+    real = trainer_mod.write_checkpoint
+
+    def interrupt(accelerator, model, stage_dir, step, *args, **kwargs):
+        real(accelerator, model, stage_dir, step, *args, **kwargs)
+        if stage_dir.name == "stage2" and step == 4:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(trainer_mod, "write_checkpoint", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe(path_b))
+    monkeypatch.setattr(trainer_mod, "write_checkpoint", real)
+    resumed = train(load_recipe(path_b))
+    a, b = (load_file(str(f / "adapter_model.safetensors")) for f in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    stage1 = load_file(str(tmp_path / "a" / "out" / "stage1" / "final" / "adapter_model.safetensors"))
+    assert stage1.keys() == a.keys()
+    b_keys = [k for k in a if "lora_B" in k]  # B starts at zero: stage 2 moved on from stage 1's adapter
+    assert all(stage1[k].abs().sum() > 0 for k in b_keys) and not all(torch.equal(stage1[k], a[k]) for k in a)
+    for folder in (tmp_path / "a" / "out" / "stage1" / "final", straight):
+        assert (folder / "adapter_config.json").is_file() and not (folder / "model.safetensors").exists()
+    tuned = PeftModel.from_pretrained(AutoModel.from_pretrained(base_dirs["qwen3"]), straight).merge_and_unload()
+    base = weights(base_dirs["qwen3"])
+    got = torch.cat([p.detach().flatten() for p in tuned.parameters()])
+    assert got.shape == base.shape and not torch.equal(got, base)

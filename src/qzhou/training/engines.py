@@ -49,12 +49,18 @@ def trackers(log_with: str | list[str] | None) -> list[str] | None:
 def make_accelerator(cfg, stage_dir: Path):
     """The stage's Accelerator; trackers log under `stage_dir` (TensorBoard: stage_dir/tb)."""
     from accelerate import Accelerator, DistributedType
+    from accelerate.state import AcceleratorState
 
     # Several processes on a machine without GPUs (torchrun / accelerate launch on CPU): DDP over gloo
     cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    precision = "bf16" if use_bf16(cfg.precision) else "no"
+    if str(AcceleratorState._shared_state.get("_mixed_precision", precision)) != precision:
+        # an earlier run in this process (a test, a notebook) fixed another precision: accelerate refuses to change
+        # it, so its state (not the process group) is dropped and built anew
+        AcceleratorState._reset_state()
     # step_scheduler_with_optimizer=False: a step here is one global batch, so the schedule advances once per
     # step (accelerate would otherwise advance it once per process and decay N times too fast)
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16(cfg.precision) else "no", cpu=cpu_ddp,
+    accelerator = Accelerator(mixed_precision=precision, cpu=cpu_ddp,
                               step_scheduler_with_optimizer=False, log_with=trackers(cfg.log_with),
                               project_dir=str(stage_dir))
     fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")

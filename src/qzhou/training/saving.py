@@ -160,8 +160,15 @@ def restore_checkpoint(accelerator, checkpoint: Path, optimizer, scheduler, samp
     return state["step"], state["losses"]
 
 
-def load_adapter(model, checkpoint: Path) -> None:
-    """A LoRA checkpoint's adapter weights into the freshly wrapped backbone."""
+def load_adapter(model, file: Path) -> None:
+    """LoRA adapter weights (a checkpoint's adapter.pt, or an adapter folder's safetensors) into the freshly wrapped
+    backbone."""
     from peft import set_peft_model_state_dict
 
-    set_peft_model_state_dict(model.backbone, torch.load(checkpoint / "adapter.pt", weights_only=False))
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(file))
+    else:
+        state = torch.load(file, weights_only=False)
+    set_peft_model_state_dict(model.backbone, state)

@@ -59,9 +59,12 @@ def build_model(cfg: TrainConfig, kinds: list, source: str, resume: Path | None,
     builders = {kind.build_model.__func__ for kind in kinds}
     if len(builders) > 1:
         raise TrainingError(f"the stage's tasks {[k.task for k in kinds]} train different models; split the stage")
+    previous = Path(source) if cfg.lora is not None and (Path(source) / "adapter_config.json").is_file() else None
+    if previous:  # the previous stage saved its adapter alone (merge_on_save false): this stage trains that adapter
+        source, first = base_model(cfg), True  # on the recipe's base, which every adapter folder applies to
     model = kinds[0].build_model(cfg, str(resume / "model") if resume and cfg.lora is None else source, first)
-    if resume and cfg.lora is not None:
-        load_adapter(model, resume)
+    if cfg.lora is not None and (resume or previous):
+        load_adapter(model, resume / "adapter.pt" if resume else previous / "adapter_model.safetensors")
     return model.train()
 
 
