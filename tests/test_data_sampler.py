@@ -79,3 +79,43 @@ def test_deterministic_and_resumable():
     assert [c.next_batch() for _ in range(100)] == rest
     with pytest.raises(ValueError, match="sampler state is for"):
         MultiTaskBatchSampler([1], [False], [1]).load_state_dict(state)
+
+
+def test_sample_previews_exactly_what_training_draws(tmp_path, base_dirs, capsys, monkeypatch):
+    """`qzhou data sample RECIPE --stage S` prints the batches the trainer then draws (same records, batch sizes,
+    seed and in-batch de-duplication: here repeated queries that a batch must not hold twice)."""
+    import json
+    import re
+
+    import yaml
+    from test_trainer import recipe
+
+    from qzhou.cli import main
+    from qzhou.data.sampler import MultiTaskBatchSampler as Sampler
+    from qzhou.training.recipe import load_recipe
+    from qzhou.training.trainer import train
+
+    path = recipe(tmp_path, base_dirs["qwen2"], log_with="none")
+    rows = [json.loads(x) for x in (tmp_path / "data" / "ret.jsonl").read_text().splitlines()]
+    for r in rows[6:]:
+        r["query"] = rows[1]["query"]  # half the queries repeat one text
+    (tmp_path / "data" / "ret.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    raw = yaml.safe_load(path.read_text())
+    raw["stages"] = raw["stages"][1:]  # stage2: three datasets, retrieval_share 0.5
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["data", "sample", str(path), "--stage", "stage2", "--steps", "6", "--show", "6"]) == 0
+    printed = [(m[1], [int(x) for x in m[2].split(", ")]) for m in re.finditer(r"step \d+: (\w+) rows \[(.*)\]",
+                                                                                capsys.readouterr().out)]
+    trained = []
+    real = Sampler.next_batch
+
+    def spy(self):
+        d, batch = real(self)
+        trained.append((["ret", "sts", "cls"][d], batch))
+        return d, batch
+
+    monkeypatch.setattr(Sampler, "next_batch", spy)
+    train(load_recipe(path))
+    assert printed == trained and len(trained) == 6
+    queries = [[rows[i]["query"] for i in batch] for name, batch in trained if name == "ret"]
+    assert queries and all(len(set(q)) == len(q) for q in queries)

@@ -59,25 +59,53 @@ def cmd_decontaminate(a: argparse.Namespace) -> None:
     print(json.dumps({"eval_texts": len(blocked), "files": results}, indent=2, ensure_ascii=False))
 
 
+def _sampling(a: argparse.Namespace) -> tuple[list, list[int], dict]:
+    """(datasets, batch sizes, sampler settings) as training has them: a recipe's stage (`--stage`, default the
+    first) with its batch sizes, alpha, retrieval share and seed, or a manifest with the flags' values."""
+    import yaml
+
+    raw = yaml.safe_load(Path(a.manifest).read_text(encoding="utf-8")) or {}
+    if isinstance(raw, dict) and "stages" in raw:
+        from qzhou.training.recipe import load_recipe
+
+        cfg = load_recipe(a.manifest)
+        stages = {s.name: s for s in cfg.stages}
+        name = a.stage or cfg.stages[0].name
+        if name not in stages:
+            raise SystemExit(f"--stage {name!r}: the recipe's stages are {', '.join(stages)}")
+        specs = {d.name: d for d in cfg.datasets}
+        datasets = [specs[n] for n in stages[name].datasets]
+        share = stages[name].retrieval_share if a.retrieval_share is None else a.retrieval_share
+        settings = {"alpha": cfg.alpha if a.alpha is None else a.alpha, "retrieval_share": share,
+                    "seed": cfg.seed if a.seed is None else a.seed}
+        return datasets, [cfg.batch_size_of(d) for d in datasets], settings
+    from qzhou.data.manifest import load_manifest
+
+    datasets = load_manifest(a.manifest).datasets
+    settings = {"alpha": 0.5 if a.alpha is None else a.alpha, "retrieval_share": a.retrieval_share,
+                "seed": a.seed or 0}
+    return datasets, [d.batch_size or a.batch_size for d in datasets], settings
+
+
 def cmd_sample(a: argparse.Namespace) -> None:
+    """Draw batches exactly as training draws them (same records, sampler, de-duplication keys and seed) and print
+    the dataset proportions and the first batches' rows."""
     from collections import Counter
 
-    from qzhou.data.manifest import load_manifest
-    from qzhou.data.readers import read_rows
-    from qzhou.data.records import normalize_text, texts_of
-    from qzhou.data.sampler import MultiTaskBatchSampler
+    from qzhou.data.manifest import load_records
+    from qzhou.data.sampler import sampler_for
+    from qzhou.training.objectives import objective_for
 
-    manifest = load_manifest(a.manifest)
-    keys = [[[hash(normalize_text(t)) for t in texts_of(r)] for _, r in read_rows(d.path)] for d in manifest.datasets]
-    default = {"retrieval": a.batch_size, "sts": a.batch_size, "classification": a.batch_size}
-    sampler = MultiTaskBatchSampler([len(k) for k in keys], [d.task for d in manifest.datasets],
-                                    [d.batch_size or default[d.task] for d in manifest.datasets],
-                                    alpha=a.alpha, retrieval_share=a.retrieval_share, seed=a.seed,
-                                    keys=lambda d, i: keys[d][i])
-    drawn = Counter(sampler.next_batch()[0] for _ in range(a.steps))
+    datasets, batch_sizes, settings = _sampling(a)
+    records = [load_records(d) for d in datasets]
+    sampler = sampler_for(records, [objective_for(d.task).retrieval for d in datasets], batch_sizes, **settings)
+    batches = [sampler.next_batch() for _ in range(a.steps)]
+    drawn = Counter(d for d, _ in batches)
     print(f"{'dataset':<24}{'task':<16}{'rows':>8}{'p':>8}{'drawn':>8}")
-    for i, d in enumerate(manifest.datasets):
-        print(f"{d.name:<24}{d.task:<16}{len(keys[i]):>8}{sampler.probabilities[i]:>8.3f}{drawn[i] / a.steps:>8.3f}")
+    for i, d in enumerate(datasets):
+        print(f"{d.name:<24}{d.task:<16}{len(records[i]):>8}{sampler.probabilities[i]:>8.3f}{drawn[i] / a.steps:>8.3f}")
+    for step, (d, rows) in enumerate(batches[:a.show], 1):
+        print(f"step {step}: {datasets[d].name} rows {rows}")
 
 
 def _reader_args(p: argparse.ArgumentParser) -> None:
@@ -85,7 +113,7 @@ def _reader_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-header", action="store_true", help="the file has no header row; columns are 0, 1, ...")
     p.add_argument("--columns", default=None, help="comma-separated column names (also for parallel line files)")
     p.add_argument("--no-quoting", action="store_true", help="treat quote characters as text (e.g. STS-B)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_parser(sub) -> None:
@@ -95,41 +123,50 @@ def add_parser(sub) -> None:
     dsub = data.add_subparsers(dest="data_command", required=True)
 
     p = dsub.add_parser("convert", help="a common dataset shape -> unified records (JSONL)")
-    p.add_argument("--from", dest="kind", required=True, choices=list(CONVERTERS))
+    p.add_argument("--from", dest="kind", required=True, choices=list(CONVERTERS),
+                   help="the source's shape; its roles (map them with --field): "
+                        + "; ".join(f"{k}: {', '.join(roles)}" for k, (_, roles) in CONVERTERS.items()))
     p.add_argument("input", help="a file, a HF datasets folder, or parallel line files a,b,c (with --columns)")
     p.add_argument("output", help="records .jsonl (bad rows go to OUTPUT.skipped.jsonl)")
     p.add_argument("--field", action="append", metavar="ROLE=COLUMN", help="map a role to a column (repeatable)")
-    p.add_argument("--on-error", choices=["skip", "fail"], default="skip")
+    p.add_argument("--on-error", choices=["skip", "fail"], default="skip",
+                   help="skip: bad rows go to OUTPUT.skipped.jsonl with line and reason; fail: stop at the first, "
+                        "write nothing")
     p.add_argument("--instruction", default=None, help="store this instruction on every record")
     p.add_argument("--prompt", default=None, help="reading-comprehension prompt between context and question")
     p.add_argument("--negatives", type=int, default=4, help="classification: negatives per record")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="classification: seed of the positive / negative draws")
     _reader_args(p)
     p.set_defaults(func=cmd_convert)
 
     p = dsub.add_parser("validate", help="check record files: counts, errors, warnings, label distribution")
-    p.add_argument("files", nargs="+")
-    p.add_argument("--task", choices=["retrieval", "sts", "classification"], default=None)
-    p.add_argument("--on-error", choices=["skip", "fail"], default="skip")
+    p.add_argument("files", nargs="+", help="record files (.jsonl, .csv, .tsv, .parquet or a HF datasets folder)")
+    p.add_argument("--task", choices=["retrieval", "sts", "classification"], default=None,
+                   help="check every record against this task (default: the task each record's fields imply)")
+    p.add_argument("--on-error", choices=["skip", "fail"], default="skip",
+                   help="skip: report every invalid line (the first 5 shown, all counted); fail: stop at the first")
     p.add_argument("--max-chars", type=int, default=8192, help="warn about texts longer than this")
     p.add_argument("--clean", default=None, help="write the valid records here (bad ones to CLEAN.skipped.jsonl)")
     p.add_argument("--report", default=None, help="write the reports as JSON")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_validate)
 
     p = dsub.add_parser("decontaminate", help="drop training records that share a text with evaluation files")
-    p.add_argument("train", nargs="+")
+    p.add_argument("train", nargs="+", help="training record files to clean")
     p.add_argument("--eval", nargs="+", required=True, help="evaluation files (any readable format)")
     p.add_argument("--eval-field", action="append", help="only these fields of the eval files (repeatable)")
-    p.add_argument("--output-dir", required=True)
+    p.add_argument("--output-dir", required=True, help="cleaned files go here, under their own names (.jsonl)")
     _reader_args(p)
     p.set_defaults(func=cmd_decontaminate)
 
-    p = dsub.add_parser("sample", help="draw batches from a manifest and print the dataset proportions")
-    p.add_argument("manifest")
+    p = dsub.add_parser("sample", help="draw batches as training does (a manifest or a recipe's stage) and print "
+                                       "the dataset proportions and the first batches")
+    p.add_argument("manifest", help="a dataset manifest, or a training recipe (its stage's datasets and settings)")
+    p.add_argument("--stage", default=None, help="recipe stage to preview (default: the first)")
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--retrieval-share", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--show", type=int, default=3, help="print the rows of the first N batches")
+    p.add_argument("--batch-size", type=int, default=32, help="manifest datasets without a batch_size")
+    p.add_argument("--alpha", type=float, default=None, help="default: the recipe's, else 0.5")
+    p.add_argument("--retrieval-share", type=float, default=None, help="default: the recipe stage's")
+    p.add_argument("--seed", type=int, default=None, help="default: the recipe's, else 0")
     p.set_defaults(func=cmd_sample)
