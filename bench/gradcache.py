@@ -1,8 +1,11 @@
-"""Benchmark GradCache (`qzhou.training.gradcache.gradcache_backward`) against the plain training step.
+"""Benchmark GradCache (the packer's, `qzhou.training.packing.pack_and_embed` with `chunk_size`) against the plain
+training step.
 
-A step embeds 3 groups of `batch` SNLI texts (queries, positives, hard negatives, each padded/truncated to --length
-tokens) with an Embedder in train mode, takes the QZhou InfoNCE (`retrieval_loss`, tau 0.05) and backpropagates:
-plain = `loss_fn(*[embed(g) for g in groups]).backward()`, GradCache = `gradcache_backward(..., chunk_size)`.
+A step embeds 3 roles of `batch` SNLI texts (queries, positives, hard negatives, each truncated to --length tokens)
+with an Embedder in train mode, takes the QZhou InfoNCE (`retrieval_loss`, tau 0.05) and backpropagates, one
+forward per role (`merge=False`, as before the packer): plain = `Packing(merge=False)`, GradCache =
+`Packing(merge=False, chunk_size=chunk)`. (Rows are no longer padded to --length: the packer pads each forward to
+its longest row.)
 
 1. Memory: GradCache at logical batch --big (512) in chunks of --chunk (32) vs plain at batch --chunk (and at --big
    with --with-plain-512); one step each, in a fresh subprocess (hidden --child mode). CPU: peak RSS of the step
@@ -67,8 +70,8 @@ def setup(args, folder: Path, batch: int):
     import torch
 
     from qzhou import Embedder
-    from qzhou.training.gradcache import gradcache_backward
     from qzhou.training.objectives import LossConfig, retrieval_loss
+    from qzhou.training.packing import Engine, Packing, pack_and_embed
 
     model = Embedder.load(folder, attention="bidirectional", pooling="mean", dtype="float32", device=args.device)
     model.train()
@@ -76,28 +79,23 @@ def setup(args, folder: Path, batch: int):
         rows = [json.loads(line) for line, _ in zip(f, range(batch))]
     if len(rows) < batch:
         sys.exit(f"{args.data} has only {len(rows)} records, {batch} needed")
-    groups = []
-    for texts in ([r["query"] for r in rows], [r["pos"][0] for r in rows], [r["neg"][0] for r in rows]):
-        t = model.tokenizer(texts, padding="max_length", truncation=True, max_length=args.length, return_tensors="pt")
-        groups.append({k: t[k].to(model.device) for k in ("input_ids", "attention_mask")})
+    roles = {}
+    for role, texts in (("q", [r["query"] for r in rows]), ("p", [r["pos"][0] for r in rows]),
+                        ("n", [r["neg"][0] for r in rows])):
+        roles[role] = model.tokenizer(texts, truncation=True, max_length=args.length)["input_ids"]
     cfg = LossConfig(tau=0.05)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-
-    def embed(f):
-        return model(f["input_ids"], f["attention_mask"])
-
-    def loss_fn(q, p, n):
-        return retrieval_loss(cfg, q, p, n)
+    side, pad_id = model.config.padding_side, model.tokenizer.pad_token_id or 0
+    engine = Engine(device=model.device)
 
     def run(mode: str, chunk: int) -> tuple[float, float]:
         model.zero_grad()
         sync()
         t0 = time.perf_counter()
-        if mode == "plain":
-            loss = loss_fn(*[embed(g) for g in groups])
-            loss.backward()
-        else:
-            loss = gradcache_backward(embed, groups, loss_fn, chunk)
+        packing = Packing(side, pad_id, merge=False, chunk_size=None if mode == "plain" else chunk)
+        batch = pack_and_embed(roles, model, packing, engine)
+        loss = retrieval_loss(cfg, batch.embeddings["q"], batch.embeddings["p"], batch.embeddings["n"])
+        batch.backward(loss)
         sync()
         return time.perf_counter() - t0, float(loss.detach())
 
