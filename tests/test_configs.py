@@ -21,3 +21,10 @@ def test_recipe_loads(path):
 
 def test_there_are_recipes():
     assert {p.name for p in CONFIGS} >= {"qzhou-embedding.yaml", "qwen3-embedding.yaml", "quickstart-cpu.yaml"}
+
+
+def test_qwen3_recipe_keeps_stage2_checkpoints_for_merging():
+    cfg = load_recipe(Path(__file__).resolve().parents[1] / "configs" / "qwen3-embedding.yaml")
+    stage2 = cfg.stages[1]
+    assert (cfg.checkpoint_every_of(stage2), cfg.keep_checkpoints_of(stage2)) == (500, 5)
+    assert (cfg.checkpoint_every_of(cfg.stages[0]), cfg.keep_checkpoints_of(cfg.stages[0])) == (1000, 2)
