@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qzhou.serving import errors, schemas
 from qzhou.serving.engine import EmbedOptions, EmbedService
@@ -57,12 +58,12 @@ def create_app(state: ServerState) -> FastAPI:
     app.middleware("http")(_guard)
     app.add_exception_handler(errors.ApiError, _api_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     _add_embedding_routes(app, state)
     _add_info_routes(app, state)
-    if state.rerank is not None:
-        from qzhou.serving.rerank_routes import add_rerank_routes
+    from qzhou.serving.rerank_routes import add_rerank_routes
 
-        add_rerank_routes(app, state)
+    add_rerank_routes(app, state)
     return app
 
 
@@ -80,6 +81,13 @@ async def _start(state: ServerState) -> None:
 
 async def _api_error(request: Request, e: errors.ApiError) -> JSONResponse:
     return e.response()
+
+
+async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown path, wrong method) in the same JSON shape."""
+    code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+    return errors.error_response(e.status_code, f"{request.method} {request.url.path}: {e.detail}; routes: "
+                                 + ", ".join(ROUTES), code, headers=getattr(e, "headers", None))
 
 
 async def _unexpected(request: Request, e: Exception) -> JSONResponse:
@@ -116,14 +124,14 @@ async def read_body(request: Request, model: type) -> Any:
     return schemas.parse(model, body)
 
 
-def _need(service: Any, what: str) -> Any:
+def need(service: Any, what: str) -> Any:
     if service is None:
         raise errors.ApiError(404, f"this server has no {what}; start it with one (qzhou serve --help)",
                               "not_served")
     return service
 
 
-def _check_model(state: ServerState, asked: str | None, served: str | None) -> None:
+def check_model(state: ServerState, asked: str | None, served: str | None) -> None:
     if asked is not None and asked != served:
         raise errors.ApiError(404, f"model {asked!r} is not served here; this server serves {served!r}",
                               "model_not_found")
@@ -143,8 +151,8 @@ def _add_embedding_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/embeddings")
     async def openai_embeddings(request: Request):
         req = await read_body(request, schemas.EmbeddingsRequest)
-        service = _need(state.embed, "embedding model")
-        _check_model(state, req.model, state.model_name)
+        service = need(state.embed, "embedding model")
+        check_model(state, req.model, state.model_name)
         vectors, tokens = await service.embed(req.input, _options(req), "input")
         encode = _b64 if req.encoding_format == "base64" else (lambda v: v.tolist())
         data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
@@ -154,7 +162,7 @@ def _add_embedding_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/embed")
     async def tei_embed(request: Request):
         req = await read_body(request, schemas.EmbedRequest)
-        service = _need(state.embed, "embedding model")
+        service = need(state.embed, "embedding model")
         vectors, _ = await service.embed(req.inputs, _options(req, normalize=req.normalize), "inputs")
         return JSONResponse(vectors.tolist())
 

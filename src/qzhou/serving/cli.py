@@ -129,7 +129,7 @@ def cmd_check_parity(a: argparse.Namespace) -> None:
     _require()
     from qzhou.serving.parity import check_parity
 
-    report = check_parity(a.model, texts_file=a.texts, url=a.url, api_key_env=a.api_key_env, tolerance=a.tolerance,
+    report = check_parity(a.model, a.reranker, texts_file=a.texts, url=a.url, api_key_env=a.api_key_env, tolerance=a.tolerance,
                           dtype=a.dtype, device=a.device)
     print(report.table())
     if not report.ok:
@@ -142,8 +142,10 @@ def add_parser(sub: Any) -> None:
     add_serve_args(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("check-parity", help="server vectors = Embedder.encode = sentence-transformers on a folder")
-    p.add_argument("model", help="a saved embedder folder")
+    p = sub.add_parser("check-parity", help="server vectors = Embedder.encode = sentence-transformers on a folder "
+                       "(and reranker scores = Reranker.score)")
+    p.add_argument("model", nargs="?", default=None, help="a saved embedder folder")
+    p.add_argument("--reranker", default=None, help="a reranker folder: served scores = Reranker.score (= CrossEncoder)")
     p.add_argument("--texts", default=None, help="a .txt/.jsonl/... file of texts (default: a built-in sample)")
     p.add_argument("--url", default=None, help="a running qzhou server (default: start one in-process)")
     p.add_argument("--api-key-env", default=None, metavar="VAR", help="the key of the server at --url")
