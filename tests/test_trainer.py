@@ -140,8 +140,8 @@ def test_bf16_autocast_checkpoint_cadence_and_trackers(tmp_path, base_dirs, monk
     seen = []
     build = Objective.build_model.__func__
 
-    def spy(cls, cfg, source, first):
-        model = build(cls, cfg, source, first)
+    def spy(cls, cfg, source, first_stage):
+        model = build(cls, cfg, source, first_stage)
         model.register_forward_hook(lambda m, args, out: seen.append((torch.is_autocast_enabled("cpu"), out.dtype)))
         return model
 

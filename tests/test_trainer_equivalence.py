@@ -91,8 +91,8 @@ def run(path: Path, monkeypatch, dropout=None) -> tuple[list[tuple[str, float]],
     losses, grads = [], []
     build = Objective.build_model.__func__
 
-    def build_with_dropout(cls, cfg, source, first):
-        model = build(cls, cfg, source, first)
+    def build_with_dropout(cls, cfg, source, first_stage):
+        model = build(cls, cfg, source, first_stage)
         if dropout:
             dropout(model)
         return model

@@ -121,16 +121,16 @@ def plan_forwards(lengths_by_role: list[list[int]], packing: Packing) -> list[li
     """The forwards of one batch, as lists of row indices (rows numbered across roles in role order): merged and cut
     into length runs, or one per non-empty role; then cut into GradCache chunks of like-length rows."""
     if packing.merge:
-        runs = length_runs([n for lengths in lengths_by_role for n in lengths], packing.buckets, packing.overhead)
+        forwards = length_runs([n for lengths in lengths_by_role for n in lengths], packing.buckets, packing.overhead)
     else:
         starts = [0]
         for lengths in lengths_by_role:
             starts.append(starts[-1] + len(lengths))
-        runs = [list(range(a, b)) for a, b in zip(starts, starts[1:]) if b > a]
+        forwards = [list(range(a, b)) for a, b in zip(starts, starts[1:]) if b > a]
     if packing.chunk_size:
         size = packing.chunk_size
-        runs = [run[i:i + size] for run in runs for i in range(0, len(run), size)]
-    return runs
+        forwards = [run[i:i + size] for run in forwards for i in range(0, len(run), size)]
+    return forwards
 
 
 def pad(rows: list[list[int]], side: str, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

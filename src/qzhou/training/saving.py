@@ -1,4 +1,5 @@
-"""Model folders and checkpoints out of a training run, whichever engine holds the weights.
+"""Model folders and checkpoints into and out of a training run, whichever engine holds the weights: the model a
+stage starts from (base, previous stage, checkpoint, LoRA adapter), checkpoints, and the final folder.
 
 Under DDP, one process or DeepSpeed ZeRO-1/2 the module holds the full weights. Under FSDP and ZeRO-3 each process
 holds a shard: the full state is gathered first (`accelerator.get_state_dict`, a collective every process joins) and the
@@ -6,8 +7,9 @@ folder is written from it on the main process. LoRA is merged from a state dict 
 linear), so the same code merges a gathered state and a local one and never copies the model.
 
 A checkpoint folder holds `model/` (or `adapter.pt` for LoRA) and `training_state.pt` (sampler, the objectives'
-collate RNG, RNG, step, losses; optimizer and scheduler for DDP / one process). Under FSDP / DeepSpeed the optimizer, scheduler and
-model shards are the engine's own checkpoint in `engine/` (`accelerator.save_state`), loaded with `load_state`.
+collate RNG, RNG, step, losses; optimizer and scheduler for DDP / one process). Under FSDP / DeepSpeed the
+optimizer, scheduler and model shards are the engine's own checkpoint in `engine/` (`accelerator.save_state`),
+loaded with `load_state`.
 """
 
 from __future__ import annotations
@@ -172,3 +174,27 @@ def load_adapter(model, file: Path) -> None:
     else:
         state = torch.load(file, weights_only=False)
     set_peft_model_state_dict(model.backbone, state)
+
+
+def base_model(cfg) -> str:
+    """The recipe's base model folder ("default": the bundled SmolLM2-135M)."""
+    if cfg.model.base == "default":
+        from qzhou.default_model import smollm2_folder
+
+        return str(smollm2_folder())
+    return cfg.model.base
+
+
+def build_model(cfg, kinds: list, source: str, resume: Path | None, first_stage: bool):
+    """The module the stage trains, from its objectives' `build_model` hook (they must agree), at the newest
+    checkpoint's weights when resuming."""
+    builders = {kind.build_model.__func__ for kind in kinds}
+    if len(builders) > 1:
+        raise ValueError(f"the stage's tasks {[k.task for k in kinds]} train different models; split the stage")
+    previous = Path(source) if cfg.lora is not None and (Path(source) / "adapter_config.json").is_file() else None
+    if previous:  # the previous stage saved its adapter alone (merge_on_save false): this stage trains that adapter
+        source, first_stage = base_model(cfg), True  # on the recipe's base, which every adapter folder applies to
+    model = kinds[0].build_model(cfg, str(resume / "model") if resume and cfg.lora is None else source, first_stage)
+    if cfg.lora is not None and (resume or previous):
+        load_adapter(model, resume / "adapter.pt" if resume else previous / "adapter_model.safetensors")
+    return model.train()

@@ -32,9 +32,10 @@ from qzhou.training.objectives import objective_for
 from qzhou.training.packing import Packing, pack_and_embed
 from qzhou.training.recipe import StageSpec, TrainConfig
 from qzhou.training.saving import (
+    base_model,
+    build_model,
     gathered_state,
     latest_checkpoint,
-    load_adapter,
     restore_checkpoint,
     save_embedder,
     write_checkpoint,
@@ -45,33 +46,10 @@ class TrainingError(RuntimeError):
     pass
 
 
-def base_model(cfg: TrainConfig) -> str:
-    if cfg.model.base == "default":
-        from qzhou.default_model import smollm2_folder
-
-        return str(smollm2_folder())
-    return cfg.model.base
-
-
-def build_model(cfg: TrainConfig, kinds: list, source: str, resume: Path | None, first: bool):
-    """The module the stage trains, from its objectives' `build_model` hook (they must agree), at the newest
-    checkpoint's weights when resuming."""
-    builders = {kind.build_model.__func__ for kind in kinds}
-    if len(builders) > 1:
-        raise TrainingError(f"the stage's tasks {[k.task for k in kinds]} train different models; split the stage")
-    previous = Path(source) if cfg.lora is not None and (Path(source) / "adapter_config.json").is_file() else None
-    if previous:  # the previous stage saved its adapter alone (merge_on_save false): this stage trains that adapter
-        source, first = base_model(cfg), True  # on the recipe's base, which every adapter folder applies to
-    model = kinds[0].build_model(cfg, str(resume / "model") if resume and cfg.lora is None else source, first)
-    if cfg.lora is not None and (resume or previous):
-        load_adapter(model, resume / "adapter.pt" if resume else previous / "adapter_model.safetensors")
-    return model.train()
-
-
 class StageRun:
     """One stage's state: engine, model, objectives, sampler, optimizer; `step()` trains one global batch."""
 
-    def __init__(self, cfg: TrainConfig, stage: StageSpec, source: str, first: bool, stage_dir: Path):
+    def __init__(self, cfg: TrainConfig, stage: StageSpec, source: str, first_stage: bool, stage_dir: Path):
         from transformers import get_scheduler
 
         self.cfg, self.stage, self.stage_dir = cfg, stage, stage_dir
@@ -86,7 +64,7 @@ class StageRun:
             if len(recs) < self.world:
                 raise DataError(f"{d.path}: {len(recs)} records for {self.world} processes; every process needs one")
         resume = latest_checkpoint(stage_dir)
-        model = build_model(cfg, kinds, source, resume, first)
+        model = build_model(cfg, kinds, source, resume, first_stage)
         self.collate_rng = random.Random(cfg.seed)  # shared by the objectives: one draw sequence, saved in checkpoints
         self.objectives = [kind(cfg, model, self.collate_rng) for kind in kinds]
         sizes = [cfg.batch_size_of(d) for d in self.datasets]
@@ -150,10 +128,10 @@ class StageRun:
                                 keep=self.cfg.keep_checkpoints_of(self.stage))
 
 
-def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first: bool, stage_dir: Path) -> Path:
+def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first_stage: bool, stage_dir: Path) -> Path:
     from tqdm.auto import tqdm
 
-    run = StageRun(cfg, stage, source, first, stage_dir)
+    run = StageRun(cfg, stage, source, first_stage, stage_dir)
     acc = run.accelerator
     if acc.is_main_process:
         (stage_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))

@@ -3,7 +3,7 @@
 The trainer knows no task names. For each dataset it asks the registry (`objective_for(task)`) for the task's
 `Objective` and from then on only calls its four hooks:
 
-- `build_model(cfg, source, first)` (class method): the module trained. Default: the `Embedder`. Any module whose
+- `build_model(cfg, source, first_stage)` (class method): the module trained. Default: the `Embedder`. Any module whose
   `forward(input_ids, attention_mask)` returns one row per input row works with the packer (the reranker's row
   is a yes-minus-no logit); `padding(model)` says how its rows are padded.
 - `collate(records, instruction, part)`: -> (unpadded token ids per role, labels). Random choices are drawn for
@@ -59,19 +59,19 @@ def pick_instruction(record: dict[str, Any], instruction: str | list[str] | None
     so an evaluation instruction it never saw still reads as that task."""
     chosen = record.get("instruction", instruction)
     if isinstance(chosen, list):
-        first = record.get("query", record.get("text1", ""))
-        return chosen[text_key(first) % len(chosen)]
+        first_text = record.get("query", record.get("text1", ""))
+        return chosen[text_key(first_text) % len(chosen)]
     return chosen
 
 
-def build_embedder(cfg, source: str, first: bool):
+def build_embedder(cfg, source: str, first_stage: bool):
     """The Embedder a stage trains: attention / pooling / layer cut on the first stage (later stages load the
     previous stage's folder, already set), gradient checkpointing and LoRA from the recipe."""
     from qzhou.modeling.embedder import Embedder
 
-    kwargs = {"attention": cfg.model.attention, "pooling": cfg.model.pooling} if first else {}
+    kwargs = {"attention": cfg.model.attention, "pooling": cfg.model.pooling} if first_stage else {}
     e = Embedder.load(source, dtype="float32", device="cpu", **{k: v for k, v in kwargs.items() if v})
-    if first and cfg.model.layers and cfg.model.layers != e.backbone.config.num_hidden_layers:
+    if first_stage and cfg.model.layers and cfg.model.layers != e.backbone.config.num_hidden_layers:
         e.keep_layers(cfg.model.layers)  # (a resumed first stage loads its checkpoint: already cut)
     if cfg.model.gradient_checkpointing:  # (transformers 5 renames it activation checkpointing)
         getattr(e.backbone, "activation_checkpointing_enable", e.backbone.gradient_checkpointing_enable)()
@@ -101,8 +101,8 @@ class Objective:
         self.instructed = instructed_sides(self.task_type)
 
     @classmethod
-    def build_model(cls, cfg, source: str, first: bool):
-        return build_embedder(cfg, source, first)
+    def build_model(cls, cfg, source: str, first_stage: bool):
+        return build_embedder(cfg, source, first_stage)
 
     @classmethod
     def padding(cls, model) -> tuple[str, int]:
