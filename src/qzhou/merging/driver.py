@@ -14,6 +14,7 @@ import logging
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from qzhou.merging.inputs import Input, check_compatible, open_input
+from qzhou.merging.inputs import Input, check_compatible, hash_input, open_input
 from qzhou.merging.methods import BASE_METHODS, MERGEKIT_DOT, MergeSpec, plan_tensor
 from qzhou.merging.shards import DTYPES, INDEX_NAME, StreamWriter, load_tensor, read_header, weight_files
 
@@ -72,9 +73,12 @@ def merge_checkpoints(paths: list[str | Path], method: str = "slerp", *, out: st
                       weights: list[float] | None = None, t: float | None = None, base: str | Path | None = None,
                       density: float = 0.5, lam: float = 1.0, seed: int = 0, min_angle: float = 1e-4,
                       lora_base: str | Path | None = None, hash_files: bool = True,
-                      show_progress: bool = True) -> MergeReport:
+                      show_progress: bool = True, threads: int | None = None) -> MergeReport:
     """Merge model folders (embedders, rerankers, any safetensors HF model; LoRA adapters over their base;
-    training checkpoints holding model/) into `out`. slerp with more than two inputs is chained in the order given."""
+    training checkpoints holding model/) into `out`. slerp with more than two inputs is chained in the order given.
+    The inputs' sha256 are computed in a background thread while the merge runs (hashlib releases the GIL).
+    `threads`: torch threads during the merge (default: unchanged); the work is memory-bound elementwise passes,
+    and on a busy machine one thread avoids OpenMP barrier stalls (bench/merge.py measures both)."""
     start = time.perf_counter()
     spec = MergeSpec(method, weights=weights, t=t, density=density, lam=lam, seed=seed, min_angle=min_angle)
     if not paths:
@@ -87,14 +91,26 @@ def merge_checkpoints(paths: list[str | Path], method: str = "slerp", *, out: st
     out = Path(out)
     _check_out(out, paths, base)
     with tempfile.TemporaryDirectory(prefix="qzhou-merge-") as tmp:
-        inputs = [open_input(p, Path(tmp), lora_base, hash_files) for p in paths]
-        base_input = open_input(base, Path(tmp), lora_base, hash_files) if base is not None else None
+        inputs = [open_input(p, Path(tmp), lora_base) for p in paths]
+        base_input = open_input(base, Path(tmp), lora_base) if base is not None else None
         check_compatible(inputs, base_input)
         out.mkdir(parents=True, exist_ok=True)
         copy_side_files(inputs[0].folder, out)
-        report = MergeReport(str(out), method, _parameters(spec, weights_used, len(paths)),
-                             [i.lineage() for i in inputs], base_input.lineage() if base_input else None)
-        stream_weights(inputs, base_input, spec, out, report, show_progress)
+        everyone = inputs + ([base_input] if base_input else [])
+        report = MergeReport(str(out), method, _parameters(spec, weights_used, len(paths)), [], None)
+        previous = torch.get_num_threads()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            hashes = [pool.submit(hash_input, i) for i in everyone] if hash_files else []
+            try:
+                if threads:
+                    torch.set_num_threads(threads)
+                stream_weights(inputs, base_input, spec, out, report, show_progress)
+            finally:
+                torch.set_num_threads(previous)
+            for inp, future in zip(everyone, hashes):
+                inp.hashes = future.result()
+        report.inputs = [i.lineage() for i in inputs]
+        report.base = base_input.lineage() if base_input else None
     report.seconds = round(time.perf_counter() - start, 2)
     (out / LINEAGE).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     return report

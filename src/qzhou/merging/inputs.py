@@ -62,19 +62,20 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def open_input(path: str | Path, work: Path, lora_base: str | Path | None = None, hash_files: bool = True) -> Input:
+def open_input(path: str | Path, work: Path, lora_base: str | Path | None = None) -> Input:
     """Resolve one input: a LoRA adapter folder is merged into its base (peft) into `work` first."""
     given = Path(path)
     folder = model_folder(given)
     lora = None
     if (folder / ADAPTER_CONFIG).is_file():
         folder, lora = merge_lora(folder, work, lora_base)
-    inp = Input(given, folder, read_folder(folder), lora)
-    if hash_files:
-        source = Path(lora["adapter"]) if lora else folder
-        files = weight_files(folder) if not lora else sorted(source.glob("adapter_model.*"))
-        inp.hashes = {p.name: sha256(p) for p in files}
-    return inp
+    return Input(given, folder, read_folder(folder), lora)
+
+
+def hash_input(inp: Input) -> dict[str, str]:
+    """sha256 of the input's weight files (a LoRA input: of its adapter files), for the lineage."""
+    files = sorted(Path(inp.lora["adapter"]).glob("adapter_model.*")) if inp.lora else weight_files(inp.folder)
+    return {p.name: sha256(p) for p in files}
 
 
 def merge_lora(adapter: Path, work: Path, lora_base: str | Path | None) -> tuple[Path, dict[str, Any]]:

@@ -1,10 +1,9 @@
 """The merge methods as pure tensor functions: one tensor name, its N input tensors (any dtype), the result in fp32.
 
 Linear, task arithmetic, slerp (chained pairwise for N > 2) and multislerp all produce a linear combination
-Σ cᵢ θᵢ (+ c_base · base) whose coefficients depend only on the Gram matrix Gᵢⱼ = θᵢ·θⱼ. The Gram matrix is
-accumulated in float64 over chunks (products of fp32/bf16 values are exact in float64, so the angle between two
-near-parallel checkpoints is known to ~1e-8 rad, where fp32 dot products lose it near 1e-3 rad), then the output is
-computed chunk by chunk in float32. So these methods never hold more than the raw inputs plus one fp32 chunk, and a
+Σ cᵢ θᵢ (+ c_base · base) whose coefficients depend only on the Gram matrix Gᵢⱼ = θᵢ·θⱼ (`gram`: float64 over
+chunks, so the angle between near-parallel checkpoints is exact), then the output is computed chunk by chunk in
+float32. So these methods never hold more than the raw inputs plus one fp32 chunk, and a
 streaming driver writes each chunk as it is made. TIES and DARE need a whole task vector at once (top-k trimming,
 random masks): they work on full fp32 tensors.
 
@@ -23,7 +22,8 @@ import torch
 
 METHODS = ("linear", "task-arithmetic", "slerp", "multislerp", "ties", "dare-linear", "dare-ties")
 BASE_METHODS = ("task-arithmetic", "ties", "dare-linear", "dare-ties")  # relative to --base (task vectors)
-CHUNK = 1 << 22  # elements per fp32 chunk: 16 MiB
+CHUNK = 1 << 22  # elements per fp32 output chunk: 16 MiB
+GRAM_CHUNK = 1 << 22  # elements per float64 block in `gram`: 32 MiB per input
 MERGEKIT_DOT = 0.9995  # mergekit's slerp turns into plain lerp above this cosine; we count it, we do not use it
 
 
@@ -91,14 +91,19 @@ class TensorPlan:
         flats = [x.reshape(-1) for x in self.tensors]
         base = self.base.reshape(-1) if self.base is not None else None
         total = float(sum(self.coefficients) + (self.base_coefficient if base is not None else 0.0))
+        pair = len(flats) == 2 and base is None and total != 0.0
         for lo in range(0, flats[0].numel(), chunk):
             first = flats[0][lo:lo + chunk].float()
+            if pair:  # one fused pass: θ₀ + w (θ₁ − θ₀), scaled when the coefficients do not sum to one (slerp)
+                out = torch.lerp(first, flats[1][lo:lo + chunk].float(), self.coefficients[1] / total)
+                yield out if total == 1.0 else out.mul_(total)
+                continue
             out = first * total
             for c, x in zip(self.coefficients[1:], flats[1:]):
                 if c != 0.0:
-                    out += c * (x[lo:lo + chunk].float() - first)
+                    out.add_(x[lo:lo + chunk].float() - first, alpha=c)
             if base is not None and self.base_coefficient != 0.0:
-                out += self.base_coefficient * (base[lo:lo + chunk].float() - first)
+                out.add_(base[lo:lo + chunk].float() - first, alpha=self.base_coefficient)
             yield out
 
     def result(self) -> torch.Tensor:
@@ -107,14 +112,19 @@ class TensorPlan:
 
 
 # ------------------------------------------------------------------------------------------------ Gram methods
-def gram(tensors: Sequence[torch.Tensor], chunk: int = CHUNK) -> torch.Tensor:
-    """(N, N) float64 matrix of dot products, accumulated over chunks."""
+def gram(tensors: Sequence[torch.Tensor], chunk: int = GRAM_CHUNK) -> torch.Tensor:
+    """(N, N) float64 matrix of dot products θᵢ·θⱼ, over chunks. Products of fp32 / bf16 values are exact in
+    float64, so 1 − cos between near-parallel checkpoints keeps its digits (fp32 dot products leave noise of
+    ~1e-6 there, i.e. angles below ~1e-3 rad would be guesses)."""
     flats = [x.reshape(-1) for x in tensors]
-    g = torch.zeros(len(flats), len(flats), dtype=torch.float64)
+    n = len(flats)
+    g = torch.zeros(n, n, dtype=torch.float64)
     for lo in range(0, flats[0].numel(), chunk):
-        block = torch.stack([f[lo:lo + chunk].double() for f in flats])
-        g += block @ block.T
-    return g
+        rows = [f[lo:lo + chunk].double() for f in flats]
+        for i in range(n):
+            for j in range(i, n):
+                g[i, j] += float(torch.dot(rows[i], rows[j]))
+    return g + g.triu(1).T
 
 
 def angle(g: torch.Tensor, i: int, j: int) -> float:
@@ -264,7 +274,7 @@ def plan_tensor(name: str, tensors: Sequence[torch.Tensor], spec: MergeSpec,
         return TensorPlan(tensors, coefficients=coeffs, base=base, base_coefficient=1.0 - sum(coeffs))
     if spec.method in ("ties", "dare-linear", "dare-ties"):
         return TensorPlan(tensors, full=task_vector_merge(name, tensors, base, spec, weights))
-    g = gram(tensors, chunk)
+    g = gram(tensors, min(chunk, GRAM_CHUNK))
     cosines = [float(g[0, j] / math.sqrt(float(g[0, 0] * g[j, j]))) if g[0, 0] * g[j, j] > 0 else 0.0
                for j in range(1, len(tensors))]
     if len(tensors) == 1:
