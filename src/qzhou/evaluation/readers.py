@@ -5,6 +5,10 @@ csv    RFC 4180 with quoting (Banking77, TREC-QA, AG News); `delimiter` defaults
 text   one record per line split on `delimiter` (`||` for Chinese STS-B; whitespace when unset, e.g. qrels)
 smart  SMART collections (CISI, CACM, MED...): `.I id` starts a record, `.T .A .W .X ...` start its fields
 
+UTF-8 files (the default, with or without a BOM) are decoded by qzhou's one reader layer (`qzhou.data.readers`:
+`decode_lines`, `csv_records`), so a file reads the same here as in `qzhou data` and `qzhou encode`: blank lines
+hold no row, quoted CSV fields keep their newlines, a bad byte is named with its line and column.
+
 Columns are 0-based numbers or header names (SMART: field letters). `header` defaults to true when any column is
 given by name and to false when all are numbers, so a header line is never read as data (or data as a header).
 """
@@ -19,6 +23,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from qzhou.data.readers import csv_records, decode_lines
 
 Column = int | str
 FORMATS = ("tsv", "csv", "text", "smart")
@@ -51,15 +57,11 @@ def read_rows(src: Source, path: Path, split: str | None) -> list[Row]:
     fmt = src.format or _SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; set format: {'|'.join(FORMATS)}")
-    try:
-        text = path.read_text(encoding=src.encoding)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid {src.encoding} (byte {e.start}); set encoding: in the task file") from None
     if fmt == "smart":
-        return _smart(src, path, text)
+        return _smart(src, path, _lines(src, path))
     by_name = any(isinstance(c, str) for c in _all_columns(src))
     header = by_name if src.header is None else src.header
-    records = _records(fmt, src, text)
+    records = _records(fmt, src, path)
     names: list[str] | None = None
     if header:
         first = next(records, None)
@@ -90,31 +92,51 @@ def read_rows(src: Source, path: Path, split: str | None) -> list[Row]:
     return out
 
 
-def _records(fmt: str, src: Source, text: str) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) per non-blank record."""
+def _utf8(src: Source) -> bool:
+    return src.encoding.lower().replace("_", "-") in ("utf-8", "utf-8-sig", "utf8")
+
+
+def _text(src: Source, path: Path) -> str:
+    try:
+        return path.read_text(encoding=src.encoding)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid {src.encoding} (byte {e.start}); set encoding: in the task file") from None
+
+
+def _lines(src: Source, path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text without its line end): the shared UTF-8 decoder, or the task's own encoding."""
+    if _utf8(src):
+        yield from decode_lines(path)
+        return
+    for n, line in enumerate(_text(src, path).split("\n"), 1):
+        yield n, line.removesuffix("\r")
+
+
+def _records(fmt: str, src: Source, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) per record with some text."""
     if fmt == "csv":
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=src.delimiter or ",")
-        end = 0
-        for fields in reader:
-            start, end = end + 1, reader.line_num
+        if _utf8(src):
+            records = csv_records(path, src.delimiter or ",")
+        else:
+            reader = csv.reader(io.StringIO(_text(src, path), newline=""), delimiter=src.delimiter or ",")
+            records = ((reader.line_num, fields) for fields in reader)
+        for start, fields in records:
             if any(f.strip() for f in fields):
                 yield start, fields
         return
     sep = "\t" if fmt == "tsv" else src.delimiter
-    for n, line in enumerate(text.split("\n"), 1):
-        line = line.removesuffix("\r")
+    for n, line in _lines(src, path):
         if line.strip():
             yield n, (line.split(sep) if sep is not None else line.split())
 
 
-def _smart(src: Source, path: Path, text: str) -> list[Row]:
+def _smart(src: Source, path: Path, lines: Iterator[tuple[int, str]]) -> list[Row]:
     """SMART records: `.I id` then fields (`.T`, `.W`, ...) whose lines run until the next marker."""
     if src.split_column is not None:
         raise ValueError(f"{path}: split_column does not apply to SMART files (they hold one split)")
     records: list[tuple[int, dict[str, list[str]]]] = []
     current: list[str] | None = None
-    for n, line in enumerate(text.split("\n"), 1):
-        line = line.removesuffix("\r")
+    for n, line in lines:
         if m := _SMART_I.match(line):
             records.append((n, {"I": [m.group(1)]}))
             current = None
