@@ -6,7 +6,8 @@
 - `ivfpq` (above ~10M): faiss IVF-PQ, k-means centroids and product-quantiser codebooks trained on a sample,
   the shards added one at a time as compressed codes; the `refine_factor * k` best candidates are re-scored on
   8-bit scalar-quantised copies of the vectors (IndexRefine), which lifts recall@100 above 0.95 where plain PQ
-  distances stay near 0.6-0.8. Memory per row: `pq_m` + `d` bytes instead of 4 `d`.
+  distances stay near 0.6-0.8. `nlist` = 2 sqrt(N) lists, `nprobe` = 128 of them searched (on hard generated
+  data, 64 probes gave recall 0.90, 128 gave 0.96, 256 gave 0.98). Memory per row: `pq_m` + `d` bytes, not 4 `d`.
 `--index` forces one; `recall_at_k` measures an approximate index against exact search on a query sample.
 """
 
@@ -63,7 +64,7 @@ class ShardIndex:
     """Cosine search over the shards listed in a manifest (rows are L2-normalised as they are read)."""
 
     def __init__(self, folder: Path, names: list[str], rows: int, dim: int, kind: str = "exact", *,
-                 nprobe: int = 64, hnsw_m: int = 32, refine_factor: int = 8, train_rows: int | None = None,
+                 nprobe: int = 128, hnsw_m: int = 32, refine_factor: int = 8, train_rows: int | None = None,
                  seed: int = 0, progress: bool = True):
         self.folder, self.names, self.n, self.d, self.kind = Path(folder), list(names), rows, dim, kind
         self.progress, self.refine_factor, self.index = progress, refine_factor, None
