@@ -117,7 +117,8 @@ def cmd_info(a: argparse.Namespace) -> None:
 def cmd_quickstart(a: argparse.Namespace) -> None:
     from qzhou.quickstart import run
 
-    run(Path(a.out), dtype=a.dtype, device=a.device, k=a.k, train=not a.no_train, overrides=a.set or [])
+    run(Path(a.out), dtype=a.dtype, device=a.device, k=a.k, train=not a.no_train, overrides=a.set or [],
+        threads=a.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=3, help="hits shown per query")
     p.add_argument("--no-train", action="store_true", help="only the untrained embedder (seconds, not minutes)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the quickstart recipe")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the cores other jobs leave free, at least 1)")
     _add_load_args(p)
     p.set_defaults(dtype="float32")  # an untrained bidirectional conversion is fragile in bf16 (README, Speed)
     p.set_defaults(func=cmd_quickstart)

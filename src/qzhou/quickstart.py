@@ -11,13 +11,16 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import shutil
 import time
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from qzhou.default_model import smollm2_folder
 from qzhou.evaluation.metrics import retrieval_scores
@@ -84,7 +87,11 @@ def plot(before: dict, after: dict | None, path: Path) -> None:
     plt.close(fig)
 
 
+LEGEND = "(* = a passage judged relevant to the query; the number is its cosine similarity)"
+
+
 def print_searches(result: dict, limit: int = 4) -> None:
+    print(f"\nsearches, top {len(result['searches'][0]['hits']) if result['searches'] else 0} hits {LEGEND}")
     for s in result["searches"][:limit]:
         print(f"\n{s['query']}")
         for h in s["hits"]:
@@ -92,42 +99,87 @@ def print_searches(result: dict, limit: int = 4) -> None:
             print(f" {mark}{h['score']:.3f}  {h['text']}")
 
 
-def run(out: Path, dtype: str = "float32", device: str | None = None, k: int = 3, train: bool = True, overrides: list[str] | None = None) -> dict:
+def print_scores(rows: list[tuple[str, dict]]) -> None:
+    print("\n| sample search task | " + " | ".join(METRICS) + " |\n|---|" + "---:|" * len(METRICS))
+    for label, result in rows:
+        print(f"| {label} | " + " | ".join(f"{result['scores'][n]:.1f}" for n in METRICS) + " |")
+
+
+def choose_threads(threads: int | None) -> int:
+    """Torch threads: all cores when the machine is idle, fewer when other jobs hold them. Measured on this 2-core
+    machine while other jobs held both cores: one thread trained a step about 3x faster than two (two threads
+    spend most of their time waiting for each other), while on idle cores two threads are faster."""
+    if threads is None:
+        cores = os.cpu_count() or 1
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        threads = max(1, min(cores, round(cores - busy)))
+    torch.set_num_threads(threads)
+    return threads
+
+
+class Stages:
+    """Numbered stage headers with the time since the start, so a user sees where the minutes go."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def next(self, what: str) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.started
+        print(f"\n[{self.done}/{self.total}] {what}  ({elapsed:.0f} s so far)", flush=True)
+
+
+def _train(out: Path, overrides: list[str], stages: Stages) -> tuple[Path, dict]:
+    from qzhou.training.recipe import load_recipe
+    from qzhou.training.trainer import train as train_recipe
+
+    cfg = load_recipe(recipe_file(), overrides)
+    cfg.output_dir = out / "train"
+    if cfg.output_dir.exists():  # a rerun trains afresh (the trainer would otherwise resume or skip stages)
+        print(f"removing the previous run's {cfg.output_dir}")
+        shutil.rmtree(cfg.output_dir)
+    stages.next(f"training with {recipe_file().name}: "
+                + ", ".join(f"{s.name} {s.steps} steps" for s in cfg.stages)
+                + f" -> {cfg.output_dir} (one progress bar per stage, with its ETA)")
+    started = time.perf_counter()
+    final = train_recipe(cfg)
+    gc.collect()  # the trainer's model, gradients and optimizer state go before the trained model loads
+    return final, {"recipe": str(recipe_file()), "model": str(final),
+                   "minutes": round((time.perf_counter() - started) / 60, 2)}
+
+
+def run(out: Path, dtype: str = "float32", device: str | None = None, k: int = 3, train: bool = True,
+        overrides: list[str] | None = None, threads: int | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    base = smollm2_folder()
-    untrained = Embedder.load(base, attention="bidirectional", pooling="mean", dtype=dtype, device=device)
+    recipe = overrides or []
+    if train:  # a bad --set fails here, before minutes of work
+        from qzhou.training.recipe import load_recipe
+
+        load_recipe(recipe_file(), recipe)
+    stages = Stages(4 if train else 2)
+    stages.next(f"loading SmolLM2-135M as an embedder ({choose_threads(threads)} torch thread(s))")
+    untrained = Embedder.load(smollm2_folder(), attention="bidirectional", pooling="mean", dtype=dtype, device=device)
     print(f"base: SmolLM2-135M ({untrained.info()['parameters'] / 1e6:.0f}M parameters) -> "
           f"{untrained.config.attention} attention, {untrained.config.pooling} pooling, {untrained.dtype}")
+    stages.next("scoring the untrained embedder on the sample search task")
     before = evaluate(untrained, k)
     del untrained
+    gc.collect()
+    print_scores([("untrained", before)])
     report: dict = {"before": before}
     report_file = out / "quickstart.json"
     report_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     after = None
     if train:
-        from qzhou.training.recipe import load_recipe
-        from qzhou.training.trainer import train as train_recipe
-
-        cfg = load_recipe(recipe_file(), overrides or [])
-        cfg.output_dir = out / "train"
-        if cfg.output_dir.exists():  # a rerun trains afresh (the trainer would otherwise resume or skip stages)
-            print(f"removing the previous run's {cfg.output_dir}")
-            shutil.rmtree(cfg.output_dir)
-        print(f"\ntraining: {recipe_file().name}, "
-              + ", ".join(f"{s.name} {s.steps} steps" for s in cfg.stages) + f" -> {cfg.output_dir}")
-        started = time.perf_counter()
-        final = train_recipe(cfg)
-        report["train"] = {"recipe": str(recipe_file()), "model": str(final),
-                           "minutes": round((time.perf_counter() - started) / 60, 2)}
+        final, report["train"] = _train(out, recipe, stages)
+        stages.next("scoring the trained embedder")
         after = evaluate(Embedder.load(final, dtype=dtype, device=device), k)
         report["after"] = after
-    print("\n| sample search task | " + " | ".join(METRICS) + " |\n|---|" + "---:|" * len(METRICS))
-    for label, result in (("untrained", before), ("trained", after)):
-        if result:
-            print(f"| {label} | " + " | ".join(f"{result['scores'][n]:.1f}" for n in METRICS) + " |")
+        print_scores([("untrained", before), ("trained", after)])
     print_searches(after or before)
     plot(before, after, out / "quickstart.png")
     report_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"\nreport: {report_file}, picture: {out / 'quickstart.png'}"
-          + (f", model: {report['train']['model']}" if train else ""))
+          + (f", model: {report['train']['model']}" if train else "")
+          + f"; {(time.perf_counter() - stages.started) / 60:.1f} min in all")
     return report
