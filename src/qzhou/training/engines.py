@@ -70,6 +70,13 @@ def make_accelerator(cfg, stage_dir: Path):
     return accelerator
 
 
+def finish_trackers(accelerator) -> None:
+    """Close the stage's trackers (files flushed), but not the process group as `end_training` would: the next
+    stage's Accelerator uses it."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
 def is_deepspeed(accelerator) -> bool:
     from accelerate import DistributedType
 

@@ -26,7 +26,7 @@ import yaml
 from qzhou.data.manifest import load_records
 from qzhou.data.readers import DataError
 from qzhou.data.sampler import sampler_for
-from qzhou.training.engines import adamw, make_accelerator, packing_engine, patch_deepspeed, reduce_sum
+from qzhou.training.engines import adamw, finish_trackers, make_accelerator, packing_engine, patch_deepspeed, reduce_sum
 from qzhou.training.logs import write_losses
 from qzhou.training.objectives import objective_for
 from qzhou.training.packing import Packing, pack_and_embed
@@ -155,7 +155,7 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first_stage: bo
     if acc.is_main_process:
         save_embedder(acc.unwrap_model(run.model), final, cfg, weights)
         write_losses(run.losses, stage_dir)
-    acc.end_training()
+    finish_trackers(acc)
     acc.wait_for_everyone()
     return final
 
