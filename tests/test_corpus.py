@@ -210,7 +210,9 @@ def test_shard_parts_fill_one_folder(model_dir, local_folder, tmp_path):
     assert sorted(run["shard"] for run in man["workers"]) == ["0/2", "1/2"]
 
 
-def test_bad_rows_name_file_line_and_field(model_dir, tmp_path):
+def test_bad_rows_name_file_line_and_field(tmp_path):
+    """Rows are checked while they are counted: the error comes before the model loads (there is none here)."""
+    model_dir = tmp_path / "no-model-needed"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "body": "no text"}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: field 'text' .*--field"):

@@ -124,7 +124,7 @@ def encode_corpus(job: CorpusJob) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     old = mf.read_manifest(out)
     known = {f["rel"]: f for f in old["input"]["files"]} if old and job.resume else None
-    files = scan_inputs(job.input, known, job.progress)
+    files = scan_inputs(job.input, job.settings.field, job.settings.id_field, known, job.progress)
     in_process = job.engine == "local" and len(devices) <= 1
     if not in_process and isinstance(job.model, (str, Path)):
         job = replace(job, dtype=_worker_dtype(job, devices))

@@ -84,18 +84,18 @@ def iter_file_rows(path: Path, field: str | None, id_field: str | None, rel: str
         yield str(rid), text
 
 
-def count_rows(path: Path) -> int:
-    """Rows of one file: parquet from its metadata, the rest by one streamed pass (text checks come later)."""
+def count_rows(path: Path, field: str | None, id_field: str | None, rel: str) -> int:
+    """Rows of one file: parquet from its metadata; the rest by one streamed pass that also checks every row's
+    text and id, so a bad row fails before the model loads, not hours into a run."""
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
-    if path.suffix.lower() == ".txt":
-        return sum(1 for _ in decode_lines(path))
-    return sum(1 for _ in read_rows(path))
+    return sum(1 for _ in iter_file_rows(path, field, id_field, rel))
 
 
-def scan_inputs(source: str | Path, known: dict[str, dict] | None = None, progress: bool = True) -> list[InputFile]:
+def scan_inputs(source: str | Path, field: str | None = None, id_field: str | None = None,
+                known: dict[str, dict] | None = None, progress: bool = True) -> list[InputFile]:
     """Every input file with its size, mtime and row count; counts in `known` (a manifest's files by rel) are
     reused while size and mtime are unchanged, so a rerun does not re-read a large corpus to plan."""
     root, paths = list_inputs(source)
@@ -105,7 +105,7 @@ def scan_inputs(source: str | Path, known: dict[str, dict] | None = None, progre
         rel = p.relative_to(root).as_posix()
         old = (known or {}).get(rel)
         same = old and old.get("bytes") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns
-        rows = old["rows"] if same else count_rows(p)
+        rows = old["rows"] if same else count_rows(p, field, id_field, rel)
         out.append(InputFile(str(p), rel, st.st_size, st.st_mtime_ns, rows))
     if sum(f.rows for f in out) == 0:
         raise DataError(f"{source}: no rows to encode (--input)")
