@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "first: rank, index (row in the input), id (when the input has one), score = p(yes), logit = "
                     "log-odds, text.")
     p.add_argument("model", help="reranker folder, hub id, .gguf file, or 'default' (the bundled SmolLM2-135M)")
-    p.add_argument("--query", required=True)
+    p.add_argument("--query", required=True, help="the query the documents are judged against")
     p.add_argument("--input", required=True, help=".txt/.jsonl/.csv/.tsv/.parquet (or a folder of them)")
     p.add_argument("--output", required=True, help=".jsonl file; '-' prints to stdout")
     p.add_argument("--field", default=None, help="column / JSON field holding the text (default: text)")
@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=None, help="keep the best K documents (default: all)")
     p.add_argument("--instruction", default=None, help="the task, e.g. 'Given a question, retrieve answers'")
     p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward (memory bound)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _load_args(p)
     p.set_defaults(func=cmd_rerank)
 
@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "qwen3_reranker.jinja; serve it with: vllm serve OUT --runner pooling "
                     "--chat-template OUT/qwen3_reranker.jinja")
     p.add_argument("model", help="reranker folder, hub id, .gguf file, or 'default'")
-    p.add_argument("out")
+    p.add_argument("out", help="folder to write the seq-cls copy to")
     _load_args(p)
     p.set_defaults(func=cmd_export_seq_cls)
 
