@@ -85,19 +85,19 @@ def make_pair(gguf: Path, work: Path) -> tuple[Path, Path]:
 
 def child(args: argparse.Namespace) -> None:
     """One timed run in this (fresh) process; prints a JSON line."""
+    from safetensors.torch import load_file, save_file
+
+    from qzhou.merging.driver import merge_checkpoints  # imports (torch, transformers) are not timed
+
     start = time.perf_counter()
     method, _, threads = args.child.partition(":")
     if method == "baseline":
-        from safetensors.torch import load_file, save_file
-
         for src in (args.a, args.b):
             state = load_file(str(Path(src) / "model.safetensors"))
             save_file(state, str(Path(args.scratch) / "copy.safetensors"), metadata={"format": "pt"})
             del state
         extra = {}
     else:
-        from qzhou.merging.driver import merge_checkpoints
-
         report = merge_checkpoints([args.a, args.b], method, out=args.scratch, show_progress=False,
                                    threads=int(threads) if threads else None)
         extra = {"fallbacks": report.fallbacks, "above_mergekit_dot": report.above_mergekit_dot,

@@ -40,8 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "(counted in merge.json)")
     p.add_argument("--lora-base", default=None, help="base folder of LoRA inputs (default: their adapter_config.json)")
     p.add_argument("--no-hash", action="store_true", help="skip the sha256 of the input files in merge.json")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads while merging (default: torch's); 1 is fastest on a busy machine")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads while merging (default 1: the work is memory-bound, and more threads stall "
+                        "on shared cores); 0 = torch's setting")
     g = p.add_argument_group("evaluation-guided merging")
     g.add_argument("--search", action="store_true", help="score every input on --dev-tasks and search a merge")
     g.add_argument("--dev-tasks", nargs="+", metavar="TASK", help="built-in task names, YAML files or folders")
@@ -64,7 +65,7 @@ def cmd_merge(a: argparse.Namespace) -> None:
         from qzhou.merging.driver import merge_checkpoints
 
         report = merge_checkpoints(a.inputs, a.method or "slerp", out=a.out, hash_files=not a.no_hash,
-                                   threads=a.threads, **options)
+                                   threads=a.threads or None, **options)
         print(report.summary())
         return
     if not a.dev_tasks:

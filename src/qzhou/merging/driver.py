@@ -73,12 +73,13 @@ def merge_checkpoints(paths: list[str | Path], method: str = "slerp", *, out: st
                       weights: list[float] | None = None, t: float | None = None, base: str | Path | None = None,
                       density: float = 0.5, lam: float = 1.0, seed: int = 0, min_angle: float = 1e-4,
                       lora_base: str | Path | None = None, hash_files: bool = True,
-                      show_progress: bool = True, threads: int | None = None) -> MergeReport:
+                      show_progress: bool = True, threads: int | None = 1) -> MergeReport:
     """Merge model folders (embedders, rerankers, any safetensors HF model; LoRA adapters over their base;
     training checkpoints holding model/) into `out`. slerp with more than two inputs is chained in the order given.
     The inputs' sha256 are computed in a background thread while the merge runs (hashlib releases the GIL).
-    `threads`: torch threads during the merge (default: unchanged); the work is memory-bound elementwise passes,
-    and on a busy machine one thread avoids OpenMP barrier stalls (bench/merge.py measures both)."""
+    `threads`: torch threads during the merge (None: torch's setting). The work is memory-bound elementwise passes;
+    one thread is the default because extra threads stall at OpenMP barriers whenever the cores are shared
+    (bench/merge.py: slerp of a 0.5B pair 15 s with 1 thread, 50-73 s with 2, on a loaded 2-core machine)."""
     start = time.perf_counter()
     spec = MergeSpec(method, weights=weights, t=t, density=density, lam=lam, seed=seed, min_angle=min_angle)
     if not paths:

@@ -144,19 +144,21 @@ def embedder_settings(folder: Path) -> dict[str, Any] | None:
     return {"attention": cfg.attention, "pooling": cfg.pooling, "normalize": cfg.normalize}
 
 
-def tokenizer_fingerprint(folder: Path) -> str | None:
-    """A hash of the vocabulary (tokenizer.json's model + added tokens, else the vocab files); post-processors that
-    only append a pooling token do not count. None when the folder has no tokenizer."""
-    h = hashlib.sha256()
-    tok = folder / "tokenizer.json"
-    if tok.is_file():
-        data = json.loads(tok.read_text(encoding="utf-8"))
-        h.update(json.dumps([data.get("model"), data.get("added_tokens")], sort_keys=True).encode())
-        return h.hexdigest()
-    files = [folder / n for n in ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.model") if (folder / n).is_file()]
-    for p in files:
-        h.update(p.read_bytes())
-    return h.hexdigest() if files else None
+def same_tokenizer(a: Path, b: Path) -> bool | None:
+    """Whether two folders tokenize alike: identical tokenizer.json files, else the same vocabulary (its `model`
+    and added tokens; post-processors that only append a pooling token do not count), else identical vocab
+    files. None when either folder has no tokenizer. (A 0.5B Qwen tokenizer.json is 11 MB: bytes first.)"""
+    ta, tb = a / "tokenizer.json", b / "tokenizer.json"
+    if ta.is_file() and tb.is_file():
+        raw_a, raw_b = ta.read_bytes(), tb.read_bytes()
+        if raw_a == raw_b:
+            return True
+        da, db = json.loads(raw_a), json.loads(raw_b)
+        return (da.get("model"), da.get("added_tokens")) == (db.get("model"), db.get("added_tokens"))
+    names = ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.model")
+    fa = {n: (a / n).read_bytes() for n in names if (a / n).is_file()}
+    fb = {n: (b / n).read_bytes() for n in names if (b / n).is_file()}
+    return fa == fb if fa and fb else None
 
 
 def check_compatible(inputs: list[Input], base: Input | None = None) -> None:
@@ -165,7 +167,6 @@ def check_compatible(inputs: list[Input], base: Input | None = None) -> None:
     ref = inputs[0]
     ref_cfg = _json(ref.folder / "config.json")
     ref_settings = embedder_settings(ref.folder)
-    ref_tok = tokenizer_fingerprint(ref.folder)
     for other in inputs[1:] + ([base] if base else []):
         label = f"{other.given} vs {ref.given}"
         diff = config_differences(ref_cfg, _json(other.folder / "config.json"))
@@ -179,6 +180,5 @@ def check_compatible(inputs: list[Input], base: Input | None = None) -> None:
             diff = [f"{k} {ref_settings[k]!r} vs {settings[k]!r}" for k in settings if settings[k] != ref_settings[k]]
             raise ValueError(f"cannot merge {label}: embedder settings differ ({', '.join(diff)}); "
                              "merge models that embed the same way")
-        tok = tokenizer_fingerprint(other.folder)
-        if tok is not None and ref_tok is not None and tok != ref_tok:
+        if same_tokenizer(ref.folder, other.folder) is False:
             raise ValueError(f"cannot merge {label}: the tokenizers' vocabularies differ")
