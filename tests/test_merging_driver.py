@@ -182,3 +182,25 @@ def test_cli_merges_and_reports_errors_in_one_line(folders, tmp_path, capsys):
     assert err.startswith("qzhou merge: error: cannot merge") and "\n" not in err
     with pytest.raises(SystemExit):
         main(["merge", str(folders["A"]), "--method", "soup", "--out", str(tmp_path / "y")])
+
+
+def test_plain_hf_causal_lm_folders_merge_too(tokenizer, tmp_path):
+    """Rerankers are plain *ForCausalLM folders (no qzhou / sentence-transformers files)."""
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    folders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                             tie_word_embeddings=False))
+        model.save_pretrained(tmp_path / f"r{seed}")
+        tokenizer.save_pretrained(tmp_path / f"r{seed}")
+        folders.append(tmp_path / f"r{seed}")
+    merge_checkpoints(folders, "slerp", out=tmp_path / "m", t=0.7, show_progress=False)
+    states = [weights(f) for f in folders]
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m").state_dict()
+    assert "lm_head.weight" in states[0]
+    for name in states[0]:
+        ref = merge_tensor(name, [s[name] for s in states], MergeSpec("slerp", t=0.7))
+        assert torch.equal(merged[name], ref), name
