@@ -85,17 +85,16 @@ def read_folder(folder: Path) -> dict[str, TensorInfo]:
 
 def load_tensor(info: TensorInfo) -> torch.Tensor:
     """One tensor, read into its own buffer (nothing stays mapped)."""
-    buf = bytearray(info.end - info.start)
-    view, done = memoryview(buf), 0
+    size = info.end - info.start
+    buf = torch.empty(size, dtype=torch.uint8)  # not zero-filled (bytearray(n) would memset every page first)
+    view, done = memoryview(buf.numpy()), 0
     with open(info.file, "rb", buffering=0) as f:
-        while done < len(buf):  # one call reads at most ~2 GiB on Linux
+        while done < size:  # one call reads at most ~2 GiB on Linux
             n = os.preadv(f.fileno(), [view[done:]], info.start + done)
             if n <= 0:
                 raise ValueError(f"{info.file}: the file ends inside tensor data; the checkpoint is truncated")
             done += n
-    if not buf:
-        return torch.empty(info.shape, dtype=DTYPES[info.dtype])
-    return torch.frombuffer(buf, dtype=DTYPES[info.dtype]).view(info.shape)
+    return buf.view(DTYPES[info.dtype]).view(info.shape)
 
 
 class StreamWriter:
