@@ -35,11 +35,17 @@ def test_sample_task_is_judged_and_unseen():
     assert not train_texts & ({q["query"] for q in queries} | {c["text"] for c in corpus})
 
 
-def test_quickstart_trains_evaluates_and_searches(tmp_path, tiny_default):
+def test_quickstart_trains_evaluates_and_searches(tmp_path, tiny_default, capsys):
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--set", "stages.0.steps=2", "--set", "stages.1.steps=2",
-                 "--set", "precision=fp32"]) == 0
+                 "--set", "precision=fp32", "--threads", "1"]) == 0
+    printed = capsys.readouterr()
     report = json.loads((out / "quickstart.json").read_text())
+    untrained_row = "| untrained | " + " | ".join(f"{v:.1f}" for v in report["before"]["scores"].values()) + " |"
+    # the untrained scores are printed as soon as they exist, before training starts; then both rows at the end
+    assert printed.out.index(untrained_row) < printed.out.index("[3/4] training") < printed.out.rindex(untrained_row)
+    assert "[1/4] loading SmolLM2-135M as an embedder (1 torch thread(s))" in printed.out
+    assert quickstart.LEGEND in printed.out and "stage1-retrieval: 100%" in printed.err  # the trainer's bar
     assert (out / "quickstart.png").stat().st_size > 1000
     assert (out / "train" / "stage2-all-tasks" / "final" / "modules.json").is_file()
     for key in ("before", "after"):
@@ -71,3 +77,23 @@ def test_quickstart_without_training(tmp_path, tiny_default):
     assert main(["quickstart", "--out", str(out), "--no-train"]) == 0
     report = json.loads((out / "quickstart.json").read_text())
     assert set(report) == {"before"} and (out / "quickstart.png").is_file()
+
+
+def test_a_bad_override_fails_before_any_work(tmp_path, tiny_default, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--set", "stages.0.steps=-1"]) == 2
+    assert "stages.0.steps = -1: must be >= 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_threads_follow_the_free_cores(monkeypatch):
+    monkeypatch.setattr(quickstart.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(quickstart.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    before = torch.get_num_threads()
+    try:
+        assert quickstart.choose_threads(None) == 2 and torch.get_num_threads() == 2
+        monkeypatch.setattr(quickstart.os, "getloadavg", lambda: (3.5, 0.0, 0.0))  # others hold both cores
+        assert quickstart.choose_threads(None) == 1 and torch.get_num_threads() == 1
+        assert quickstart.choose_threads(2) == 2
+    finally:
+        torch.set_num_threads(before)

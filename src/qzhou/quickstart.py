@@ -150,12 +150,12 @@ def _train(out: Path, overrides: list[str], stages: Stages) -> tuple[Path, dict]
 
 def run(out: Path, dtype: str = "float32", device: str | None = None, k: int = 3, train: bool = True,
         overrides: list[str] | None = None, threads: int | None = None) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
     recipe = overrides or []
-    if train:  # a bad --set fails here, before minutes of work
+    if train:  # a bad --set fails here, before minutes of work and before the output folder exists
         from qzhou.training.recipe import load_recipe
 
         load_recipe(recipe_file(), recipe)
+    out.mkdir(parents=True, exist_ok=True)
     stages = Stages(4 if train else 2)
     stages.next(f"loading SmolLM2-135M as an embedder ({choose_threads(threads)} torch thread(s))")
     untrained = Embedder.load(smollm2_folder(), attention="bidirectional", pooling="mean", dtype=dtype, device=device)
