@@ -140,6 +140,8 @@ def _check_out(out: Path, paths: list[str | Path], base: str | Path | None) -> N
             raise ValueError(f"--out {out} is one of the inputs; write the merge to a new folder")
     if out.exists() and any(out.iterdir()) and not (out / LINEAGE).is_file():
         raise ValueError(f"--out {out} exists and is not an earlier merge; give an empty or new folder")
+    for old in out.glob("*.safetensors") if (out / LINEAGE).is_file() else []:  # an earlier merge's shards
+        old.unlink()
 
 
 def copy_side_files(src: Path, out: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,6 @@ def merge_lora(adapter: Path, work: Path, lora_base: str | Path | None) -> tuple
             continue
         target = out / item.name
         if item.is_dir():
-            import shutil
-
             shutil.copytree(item, target, dirs_exist_ok=True)
         elif not target.exists():
             target.write_bytes(item.read_bytes())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -182,8 +183,6 @@ def _trial_runner(tmp: Path, score: Scorer, show_progress: bool, options: dict[s
         try:
             return score(folder)
         finally:
-            import shutil
-
             shutil.rmtree(folder, ignore_errors=True)
 
     return run
