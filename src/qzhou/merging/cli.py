@@ -51,8 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--grid", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="t values of the grid")
     g.add_argument("--rules", choices=["qzhou", "qwen3", "none"], default="qzhou", help="instruction rules")
     g.add_argument("--data-root", default=None, help="folder the built-in tasks read from")
-    g.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
-    g.add_argument("--device", default=None)
+    g.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype the candidates are evaluated in (default: float32)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... for the evaluation (default: cuda if any)")
     p.set_defaults(func=cmd_merge)
 
 
