@@ -72,7 +72,7 @@ def is_compare(argv: list[str]) -> bool:
 
 def compare_parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser_class(prog="qzhou eval compare", description="Side-by-side table (and chart) of results files "
-                     "written by `qzhou eval`. A model folder named compare: `qzhou eval ./compare --tasks ...`.")
+                     "written by `qzhou eval`.\n(To evaluate a model folder named compare: qzhou eval ./compare ...)")
     p.add_argument("files", nargs="+", help="results.json files, or folders holding one")
     p.add_argument("--out", default=None, help="folder for compare.md and compare.png (default: print only)")
     p.set_defaults(func=cmd_compare, command="eval compare")
