@@ -4,6 +4,7 @@ anything loads or is written, `default` as a model name, help texts, `eval --lis
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -146,3 +147,22 @@ def test_a_model_folder_named_compare_is_evaluable(tiny_model, tmp_path, monkeyp
     args = parse(["eval", "compare", "--tasks", "STSBenchmark"])
     assert args.func is cmd_eval and args.model == "compare"
     assert parse(["eval", "compare", "a.json"]).func is cmd_compare  # without --tasks it is still the command
+
+
+def _bundled_gguf() -> Path:
+    from qzhou.default_model import smollm2_gguf
+
+    try:
+        return smollm2_gguf()
+    except FileNotFoundError as e:
+        pytest.skip(f"the bundled model is not installed: {e}")
+
+
+@pytest.mark.slow
+def test_real_default_model_by_name_and_its_gguf_conversion(tmp_path):
+    gguf = _bundled_gguf()
+    r = cli("info", "default", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["parameters"] == 134_515_008  # SmolLM2-135M's backbone
+    r = cli("convert", str(gguf), str(tmp_path / "emb"), "--attention", "bidirectional", "--pooling", "mean")
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert "Pass `dtype=torch.float32`" not in r.stderr and (tmp_path / "emb" / "model.safetensors").is_file()
