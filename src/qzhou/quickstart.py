@@ -46,11 +46,12 @@ def sample_task() -> tuple[list[dict], list[dict]]:
     return rows("sample_corpus.jsonl"), rows("sample_queries.jsonl")
 
 
-def evaluate(embedder: Embedder, k: int = 3) -> dict:
-    """Scores of the sample search task and each query's top-k hits."""
+def evaluate(embedder: Embedder, k: int = 3, progress: bool = True) -> dict:
+    """Scores of the sample search task and each query's top-k hits (encoding shows progress bars: on a busy
+    machine even 48 texts take a while)."""
     corpus, queries = sample_task()
-    d = embedder.encode([c["text"] for c in corpus], prompt_name="document", show_progress=False)
-    q = embedder.encode([x["query"] for x in queries], instruction=INSTRUCTION, show_progress=False)
+    d = embedder.encode([c["text"] for c in corpus], prompt_name="document", show_progress=progress)
+    q = embedder.encode([x["query"] for x in queries], instruction=INSTRUCTION, show_progress=progress)
     sims = q @ d.T
     run = {x["id"]: {c["id"]: float(s) for c, s in zip(corpus, row)} for x, row in zip(queries, sims)}
     qrels = {x["id"]: {r: 1 for r in x["relevant"]} for x in queries}
