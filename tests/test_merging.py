@@ -38,12 +38,13 @@ def test_slerp_matches_formula(t):
         torch.testing.assert_close(merge_tensor("w", [a, b], MergeSpec("slerp", t=t)), b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["slerp", "multislerp"])
 @pytest.mark.parametrize("other, kind", [(lambda a: 2.5 * a, "parallel"), (lambda a: -a, "antiparallel"),
                                          (lambda a: torch.zeros_like(a), "zero")])
-def test_slerp_falls_back_to_linear_and_says_why(other, kind):
+def test_slerp_falls_back_to_linear_and_says_why(other, kind, method):
     a = rand(4, 3)
     b = other(a)
-    plan = plan_tensor("w", [a, b], MergeSpec("slerp", t=0.3))
+    plan = plan_tensor("w", [a, b], MergeSpec(method, weights=[0.7, 0.3]))
     assert plan.fallback == kind
     np.testing.assert_allclose(np64(plan.result()), 0.7 * np64(a) + 0.3 * np64(b), rtol=1e-6, atol=1e-7)
 
