@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -143,7 +144,9 @@ def _train(out: Path, overrides: list[str], stages: Stages) -> tuple[Path, dict]
                 + ", ".join(f"{s.name} {s.steps} steps" for s in cfg.stages)
                 + f" -> {cfg.output_dir} (one progress bar per stage, with its ETA)")
     started = time.perf_counter()
-    final = train_recipe(cfg)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`: not the user's
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        final = train_recipe(cfg)
     gc.collect()  # the trainer's model, gradients and optimizer state go before the trained model loads
     return final, {"recipe": str(recipe_file()), "model": str(final),
                    "minutes": round((time.perf_counter() - started) / 60, 2)}

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
 from qzhou.data.converters import Skip, run_converter
-from qzhou.data.readers import DataError, JsonlWriter, line_of, read_rows
+from qzhou.data.readers import DataError, JsonlWriter, Row, line_of, read_rows
+from qzhou.data.records import check_record
 
 OnError = Literal["skip", "fail"]
 
@@ -43,7 +45,8 @@ class SkipLog:
         self.reasons[reason.split(" (")[0]] += 1
 
 
-def _counted(rows, counter: Counter) -> Any:
+def _counted(rows: Iterator[Row], counter: Counter) -> Iterator[Row]:
+    """The reader's rows, counted as the converter takes them (rows read = good rows + unreadable lines)."""
     for where, row in rows:
         counter["rows"] += 1
         yield where, row
@@ -53,7 +56,6 @@ def convert(kind: str, source: str | Path, output: str | Path, *, fields: dict[s
             on_error: OnError = "skip", reader: dict[str, Any] | None = None, instruction: str | None = None,
             progress: bool = True, **options) -> dict[str, Any]:
     """Convert `source` with converter `kind` into unified records at `output`; returns a summary."""
-    from qzhou.data.records import check_record
 
     output = Path(output)
     side = skipped_path(output)
