@@ -7,7 +7,7 @@ the pipeline (reading, tokenizing, batching, writing shards, scheduling), which 
 Passages: 12-48 generated words each, ids p0, p1, ...
 
 Measured in one run, each encode a fresh `python -m qzhou.cli encode ... --output DIR/` subprocess:
-* rows/s of `local` with one process (the baseline) and with 2 worker processes (`--devices cpu,cpu`);
+* rows/s of `local` with one process (the baseline; the large peak-RSS run) and with 2 worker processes (`--devices cpu,cpu`);
 * the `ray` engine (local Ray, one actor) against the same one-process baseline: overhead = 1 - ray / local;
 * peak RSS (the subprocess's ru_maxrss) of the one-process engine at two corpus sizes: flat when streaming;
 * mining search: IVF-PQ (+ 8-bit refine) vs exact over shards of generated clustered vectors: search time ratio
@@ -17,7 +17,7 @@ Measured in one run, each encode a fresh `python -m qzhou.cli encode ... --outpu
 Rows/s are rows / the engine's wall time as the manifest records it (model loading in the workers included, the
 parent's Python start-up not). Results: bench/results/corpus.json.
 
-Run:  python bench/corpus.py [--small 20000] [--large 100000] [--mine-rows 1000000] [--queries 2000]
+Run:  python bench/corpus.py [--small 3000] [--large 12000] [--mine-rows 1000000] [--queries 1000] [--only mine]
 """
 
 from __future__ import annotations
@@ -102,30 +102,64 @@ def peak_rss(model: Path, corpus: Path, out: Path) -> dict:
     if status:
         raise SystemExit(f"{' '.join(cmd)} failed (status {status})")
     summary = json.loads(stdout[stdout.index(b"{"):])
-    return {"rows": summary["rows_encoded"], "rows_per_s": summary["rows_per_s"],
-            "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+    return {"rows": summary["rows_encoded"], "rows_per_s": summary["rows_per_s"], "engine_seconds": summary["seconds"],
+            "peak_rss_mib": round(usage.ru_maxrss / 1024), "workers": summary["workers"]}
 
 
-def bench_mining(rows: int, queries: int, dim: int, folder: Path) -> dict:
-    from qzhou.corpus.index import ShardIndex
+def write_vectors(folder: Path, rows: int, dim: int, centers: np.ndarray, seed: int) -> list[str]:
+    """Clustered vectors (2000 random centres + noise) in 100k-row shards."""
     from qzhou.corpus.shards import write_shard
 
-    rng = np.random.default_rng(0)
-    centers = rng.standard_normal((2000, dim)).astype(np.float32)
-    names, step = [], 100_000
-    for i, start in enumerate(range(0, rows, step)):
-        n = min(step, rows - start)
-        x = centers[rng.integers(0, 2000, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, start in enumerate(range(0, rows, 100_000)):
+        n = min(100_000, rows - start)
+        x = centers[rng.integers(0, len(centers), n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
         names.append(f"part{i}.parquet")
         write_shard(folder / names[-1], [str(j) for j in range(start, start + n)], x)
+    return names
+
+
+SEARCH_RSS = """
+import sys, numpy as np
+from pathlib import Path
+from qzhou.corpus.index import ShardIndex
+folder, rows, dim, names = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+q = np.random.default_rng(1).standard_normal((1000, dim)).astype(np.float32)
+ShardIndex(folder, names, rows, dim, "exact", progress=False).search(q, 100)
+"""
+
+
+def search_rss(folder: Path, rows: int, dim: int, names: list[str]) -> int:
+    """Peak RSS (MiB) of a fresh process running exact search over the folder: one shard resident at a time."""
+    proc = subprocess.Popen([sys.executable, "-c", SEARCH_RSS, str(folder), str(rows), str(dim), *names])
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise SystemExit(f"exact search over {folder} failed (status {status})")
+    return round(usage.ru_maxrss / 1024)
+
+
+def bench_mining(rows: int, small_rows: int, queries: int, dim: int, tmp: Path) -> dict:
+    """IVF-PQ vs exact over `rows` vectors (search time, recall@100), and exact search's peak RSS at two sizes."""
+    from qzhou.corpus.index import ShardIndex
+
+    centers = np.random.default_rng(0).standard_normal((2000, dim)).astype(np.float32)
+    names = write_vectors(tmp / "vectors", rows, dim, centers, 1)
+    small_names = write_vectors(tmp / "vectors-small", small_rows, dim, centers, 2)
+    out = {"corpus_rows": rows, "queries": queries, "dim": dim,
+           "exact_search_peak_rss_mib": {str(small_rows): search_rss(tmp / "vectors-small", small_rows, dim,
+                                                                      small_names),
+                                         str(rows): search_rss(tmp / "vectors", rows, dim, names)},
+           "corpus_vectors_mib": round(rows * dim * 4 / 2**20)}
+    rng = np.random.default_rng(3)
     q = centers[rng.integers(0, 2000, queries)] + 0.7 * rng.standard_normal((queries, dim)).astype(np.float32)
-    out = {"corpus_rows": rows, "queries": queries, "dim": dim}
-    exact = ShardIndex(folder, names, rows, dim, "exact", progress=False)
+    exact = ShardIndex(tmp / "vectors", names, rows, dim, "exact", progress=False)
     t = time.perf_counter()
     _, want = exact.search(q, 100)
     out["exact_search_seconds"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    ivf = ShardIndex(folder, names, rows, dim, "ivfpq", progress=False)
+    ivf = ShardIndex(tmp / "vectors", names, rows, dim, "ivfpq", progress=False)
     out["ivfpq_build_seconds"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     _, got = ivf.search(q, 100)
@@ -154,36 +188,48 @@ def paper_estimate(passages: float = 100e6, tokens_per_passage: int = 256, mfu: 
     return out
 
 
+def bench_encode(a, tmp: Path) -> dict:
+    words = build_model(tmp / "model")
+    small = write_passages(tmp / "small.jsonl", a.small, words)
+    large = write_passages(tmp / "large.jsonl", a.large, words)
+    rss = {"small": peak_rss(tmp / "model", small, tmp / "rss-small"),
+           "large": peak_rss(tmp / "model", large, tmp / "rss-large")}
+    one = rss["large"]  # the one-process baseline is the large RSS run (same command)
+    two = run_encode(tmp / "model", large, tmp / "two", "--devices", "cpu,cpu")
+    out = {"rows": a.large, "peak_rss_one_process": rss,
+           "peak_rss_ratio_large_vs_small": round(rss["large"]["peak_rss_mib"] / rss["small"]["peak_rss_mib"], 2),
+           "local_1_process": one, "local_2_workers": two,
+           "local_2_workers_vs_1": round(two["rows_per_s"] / one["rows_per_s"], 2)}
+    if not a.skip_ray:
+        ray = run_encode(tmp / "model", large, tmp / "ray", "--engine", "ray", "--concurrency", "1")
+        out["ray_1_actor"] = ray
+        out["ray_overhead_vs_local_1_process"] = round(1 - ray["rows_per_s"] / one["rows_per_s"], 3)
+        out["ray_fixed_seconds"] = round(ray["engine_seconds"] - ray["workers"][0]["seconds"], 1)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--small", type=int, default=20_000)
-    ap.add_argument("--large", type=int, default=100_000)
+    ap.add_argument("--small", type=int, default=3000, help="passages of the small encode (peak RSS)")
+    ap.add_argument("--large", type=int, default=12000, help="passages of the large encode and the engine runs")
     ap.add_argument("--mine-rows", type=int, default=1_000_000)
-    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--mine-small-rows", type=int, default=200_000, help="the second size for search RSS")
+    ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--only", choices=["all", "encode", "mine"], default="all",
+                    help="run one part; the other part's figures already in the results file are kept")
     ap.add_argument("--skip-ray", action="store_true")
     a = ap.parse_args()
-    results: dict = {"model": "random Qwen2, 2 layers, hidden 128, word-level tokenizer (pipeline-bound)",
-                     "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() and a.only != "all" else {}
+    results.update({"model": "random Qwen2, 2 layers, hidden 128, word-level tokenizer (pipeline-bound)",
+                    "cpu_count": os.cpu_count()})
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        words = build_model(tmp / "model")
-        small = write_passages(tmp / "small.jsonl", a.small, words)
-        large = write_passages(tmp / "large.jsonl", a.large, words)
-        rss = {"small": peak_rss(tmp / "model", small, tmp / "rss-small"),
-               "large": peak_rss(tmp / "model", large, tmp / "rss-large")}
-        results["peak_rss_one_process"] = rss
-        results["peak_rss_ratio_large_vs_small"] = round(rss["large"]["peak_rss_mib"] / rss["small"]["peak_rss_mib"], 2)
-        one = run_encode(tmp / "model", large, tmp / "one")
-        two = run_encode(tmp / "model", large, tmp / "two", "--devices", "cpu,cpu")
-        results["encode"] = {"rows": a.large, "local_1_process": one, "local_2_workers": two,
-                             "local_2_workers_vs_1": round(two["rows_per_s"] / one["rows_per_s"], 2)}
-        if not a.skip_ray:
-            ray = run_encode(tmp / "model", large, tmp / "ray", "--engine", "ray", "--concurrency", "1")
-            results["encode"]["ray_1_actor"] = ray
-            results["encode"]["ray_overhead_vs_local_1_process"] = round(1 - ray["rows_per_s"] / one["rows_per_s"], 3)
-        (tmp / "vectors").mkdir()
-        results["mining"] = bench_mining(a.mine_rows, a.queries, a.dim, tmp / "vectors")
+        if a.only in ("all", "encode"):
+            results["encode_load_average_at_start"] = os.getloadavg()
+            results["encode"] = bench_encode(a, Path(tmp))
+        if a.only in ("all", "mine"):
+            results["mining_load_average_at_start"] = os.getloadavg()
+            results["mining"] = bench_mining(a.mine_rows, a.mine_small_rows, a.queries, a.dim, Path(tmp))
     results["paper_estimate_100M_passages"] = paper_estimate()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))

@@ -35,9 +35,9 @@ def add_sharded_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shard", default=None, metavar="I/N", help="encode only part I of N (0-based), for Slurm arrays "
                    "or torchrun; all parts write into one folder")
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="skip finished shards (default); --no-resume deletes the folder's shards first")
+                   help="skip finished shards; --no-resume deletes the folder's shards first")
     g.add_argument("--address", default=None, help="join this Ray cluster (default: start a local Ray)")
-    g.add_argument("--shard-rows", type=int, default=50_000, help="rows per shard (default 50000)")
+    g.add_argument("--shard-rows", type=int, default=50_000, help="rows per shard (the unit of resumption)")
     g.add_argument("--store-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of the stored vectors (float16 halves the disk)")
     g.add_argument("--concurrency", type=_concurrency, default=None, metavar="MIN[,MAX]",
