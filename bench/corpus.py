@@ -7,7 +7,8 @@ the pipeline (reading, tokenizing, batching, writing shards, scheduling), which 
 Passages: 12-48 generated words each, ids p0, p1, ...
 
 Measured in one run, each encode a fresh `python -m qzhou.cli encode ... --output DIR/` subprocess:
-* rows/s of `local` with one process (the baseline; the large peak-RSS run) and with 2 worker processes (`--devices cpu,cpu`);
+* rows/s of `local` with one process (the baseline; the large peak-RSS run), one process limited to one thread
+  (OMP_NUM_THREADS=1), and 2 worker processes (`--devices cpu,cpu`, one thread each);
 * the `ray` engine (local Ray, one actor) against the same one-process baseline: overhead = 1 - ray / local;
 * peak RSS (the subprocess's ru_maxrss) of the one-process engine at two corpus sizes: flat when streaming;
 * mining search: IVF-PQ (+ 8-bit refine) vs exact over shards of generated clustered vectors: search time ratio
@@ -78,12 +79,12 @@ def shard_rows(corpus: Path) -> int:
         return max(500, sum(1 for _ in f) // 20)
 
 
-def run_encode(model: Path, corpus: Path, out: Path, *extra: str) -> dict:
+def run_encode(model: Path, corpus: Path, out: Path, *extra: str, env: dict | None = None) -> dict:
     """One CLI run in a fresh process: its summary's figures and the process's total wall time."""
     cmd = [sys.executable, "-m", "qzhou.cli", "encode", str(model), "--input", str(corpus), "--id-field", "id",
            "--output", f"{out}/", "--dtype", "float32", "--shard-rows", str(shard_rows(corpus)), "--quiet", *extra]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
@@ -195,15 +196,19 @@ def bench_encode(a, tmp: Path) -> dict:
     rss = {"small": peak_rss(tmp / "model", small, tmp / "rss-small"),
            "large": peak_rss(tmp / "model", large, tmp / "rss-large")}
     one = rss["large"]  # the one-process baseline is the large RSS run (same command)
+    # a tiny model on loaded cores: one thread per process beats two intra-op threads, so both baselines
+    one_t1 = run_encode(tmp / "model", large, tmp / "one-t1", env={"OMP_NUM_THREADS": "1"})
     two = run_encode(tmp / "model", large, tmp / "two", "--devices", "cpu,cpu")
     out = {"rows": a.large, "peak_rss_one_process": rss,
            "peak_rss_ratio_large_vs_small": round(rss["large"]["peak_rss_mib"] / rss["small"]["peak_rss_mib"], 2),
-           "local_1_process": one, "local_2_workers": two,
-           "local_2_workers_vs_1": round(two["rows_per_s"] / one["rows_per_s"], 2)}
+           "local_1_process": one, "local_1_process_1_thread": one_t1, "local_2_workers": two,
+           "local_2_workers_vs_1": round(two["rows_per_s"] / one["rows_per_s"], 2),
+           "local_2_workers_vs_1_process_1_thread": round(two["rows_per_s"] / one_t1["rows_per_s"], 2)}
     if not a.skip_ray:
         ray = run_encode(tmp / "model", large, tmp / "ray", "--engine", "ray", "--concurrency", "1")
         out["ray_1_actor"] = ray
         out["ray_overhead_vs_local_1_process"] = round(1 - ray["rows_per_s"] / one["rows_per_s"], 3)
+        out["ray_actor_vs_local_1_process_1_thread"] = round(ray["workers"][0]["rows_per_s"] / one_t1["rows_per_s"], 2)
         out["ray_fixed_seconds"] = round(ray["engine_seconds"] - ray["workers"][0]["seconds"], 1)
     return out
 
