@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(rows) + 1.6))
     means = [100 * r["mean"] for r in rows]
     colors = [{"checkpoint": "tab:blue", "merge": "tab:green"}.get(r["kind"], "tab:gray") for r in rows]
     ax.barh(range(len(rows)), means, color=colors)
@@ -90,7 +91,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                linestyle="--", label="last checkpoint")
     ax.set_xlabel("dev mean x 100 (blue: checkpoints, green: merges, gray: soup = one checkpoint)")
     ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 100), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
