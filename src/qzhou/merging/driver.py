@@ -79,7 +79,8 @@ def merge_checkpoints(paths: list[str | Path], method: str = "slerp", *, out: st
     The inputs' sha256 are computed in a background thread while the merge runs (hashlib releases the GIL).
     `threads`: torch threads during the merge (None: torch's setting). The work is memory-bound elementwise passes;
     one thread is the default because extra threads stall at OpenMP barriers whenever the cores are shared
-    (bench/merge.py: slerp of a 0.5B pair 15 s with 1 thread, 50-73 s with 2, on a loaded 2-core machine)."""
+    (bench/results/merge-loaded.json: slerp of a 0.5B pair 12.4 s with 1 thread, 24.6 s with 2, on a loaded
+    2-core machine; 6.1 s vs 5.2 s when it is quiet)."""
     start = time.perf_counter()
     spec = MergeSpec(method, weights=weights, t=t, density=density, lam=lam, seed=seed, min_angle=min_angle)
     if not paths:
