@@ -23,9 +23,9 @@ from tqdm import tqdm
 from qzhou.corpus import manifest as mf
 from qzhou.corpus.index import ShardIndex, choose_index
 from qzhou.corpus.inputs import iter_file_rows
-from qzhou.data.readers import DataError, JsonlWriter, read_rows
-from qzhou.data.records import check_record, normalize_text
-from qzhou.mining import encode_queries, load_embedder
+from qzhou.data.readers import JsonlWriter
+from qzhou.data.records import normalize_text
+from qzhou.mining import encode_queries, load_embedder, read_queries
 from qzhou.search import normalize
 
 
@@ -48,20 +48,6 @@ def check_model(embedder, man: dict, folder: Path) -> None:
         raise ValueError(f"{folder}/manifest.json: the corpus was embedded by another model (fingerprint {want} in "
                          f"the folder vs {have} for --model {man['model'].get('source')!r} as loaded); mine with "
                          "the model that encoded it, or re-encode the corpus")
-
-
-def read_queries(path) -> list[tuple[str, dict]]:
-    rows = []
-    for where, record in read_rows(path):
-        task, errors, _ = check_record(record)
-        if errors:
-            raise DataError(f"{where}: " + "; ".join(f"{f or 'record'} {m}" for f, m in errors))
-        if task != "retrieval":
-            raise DataError(f"{where}: mining needs retrieval records (query, pos[, neg]); this is a {task} record")
-        rows.append((where, record))
-    if not rows:
-        raise DataError(f"{path}: no records")
-    return rows
 
 
 def fetch_texts(man: dict, wanted: set[int]) -> dict[int, tuple[str, str]]:
