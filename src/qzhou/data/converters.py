@@ -28,16 +28,17 @@ class Skip:
 Out = Iterator[tuple[str, "dict[str, Any] | Skip"]]
 
 
-def _get(row: dict, role: str, fields: dict[str, str], where: str) -> Any:
-    """The row's value for `role`, or a Skip naming the missing field (a bad row, not the end of the file)."""
+def _get(row: dict, role: str, fields: dict[str, str], parse: Callable[[Any], Any] | None = None) -> Any:
+    """The row's value for `role` (through `parse`, which may return a Skip), or a Skip naming the missing field
+    (a bad row, not the end of the file)."""
     column = fields.get(role, role)
     if column not in row:
         return Skip(f"no field {column!r} for {role} (found {sorted(row)}); map it with --field {role}=NAME")
-    return row[column]
+    return row[column] if parse is None else parse(row[column])
 
 
-def _text(row, role, fields, where) -> str | Skip:
-    value = _get(row, role, fields, where)
+def _text(row, role, fields) -> str | Skip:
+    value = _get(row, role, fields)
     if isinstance(value, Skip):
         return value
     if not isinstance(value, str):
@@ -47,15 +48,23 @@ def _text(row, role, fields, where) -> str | Skip:
     return value.strip()
 
 
-def _texts(row, roles, fields, where):
-    values = [_text(row, r, fields, where) for r in roles]
-    bad = next((v for v in values if isinstance(v, Skip)), None)
-    return bad, values
+def _skip(*values) -> Skip | None:
+    """The first Skip among a row's values (so the first bad field is the one reported), or None."""
+    return next((v for v in values if isinstance(v, Skip)), None)
+
+
+def _texts(row, roles, fields):
+    values = [_text(row, r, fields) for r in roles]
+    return _skip(*values), values
+
+
+def _stripped(value) -> str:
+    return str(value).strip()
 
 
 def title_body(rows, fields, body_role="body", **_) -> Out:
     for where, row in rows:
-        bad, (title, body) = _texts(row, ["title", body_role], fields, where)
+        bad, (title, body) = _texts(row, ["title", body_role], fields)
         yield where, bad or {"query": title, "pos": [body], "neg": []}
 
 
@@ -68,14 +77,14 @@ def qa(rows, fields, **_) -> Out:
     labelled = fields.get("label", "label") in first[1]
     groups: OrderedDict[str, dict] = OrderedDict()
     for where, row in itertools.chain([first], rows):
-        bad, (q, a) = _texts(row, ["question", "answer"], fields, where)
+        bad, (q, a) = _texts(row, ["question", "answer"], fields)
         if bad:
             yield where, bad
             continue
         if not labelled:
             yield where, {"query": q, "pos": [a], "neg": []}
             continue
-        label = _binary(_get(row, "label", fields, where))
+        label = _get(row, "label", fields, _binary)
         if isinstance(label, Skip):
             yield where, label
             continue
@@ -87,7 +96,7 @@ def qa(rows, fields, **_) -> Out:
 def chat(rows, fields, **_) -> Out:
     """Each user turn followed by an assistant turn becomes (query, pos)."""
     for where, row in rows:
-        messages = _get(row, "messages", fields, where)
+        messages = _get(row, "messages", fields)
         if isinstance(messages, Skip):
             yield where, messages
             continue
@@ -106,7 +115,7 @@ def chat(rows, fields, **_) -> Out:
 
 def reading_comprehension(rows, fields, prompt: str = RC_PROMPT, **_) -> Out:
     for where, row in rows:
-        bad, (context, question, answer) = _texts(row, ["context", "question", "answer"], fields, where)
+        bad, (context, question, answer) = _texts(row, ["context", "question", "answer"], fields)
         yield where, bad or {"query": f"{context}\n{prompt}{question}", "pos": [answer], "neg": []}
 
 
@@ -114,15 +123,15 @@ def claim_evidence(rows, fields, **_) -> Out:
     """SUPPORTS evidence -> pos, REFUTES evidence -> neg, grouped by claim (held in memory per claim)."""
     groups: OrderedDict[str, dict] = OrderedDict()
     for where, row in rows:
-        bad, (claim, evidence) = _texts(row, ["claim", "evidence"], fields, where)
+        bad, (claim, evidence) = _texts(row, ["claim", "evidence"], fields)
         if bad:
             yield where, bad
             continue
-        label = _get(row, "label", fields, where)
+        label = _get(row, "label", fields, _stripped)
         if isinstance(label, Skip):
             yield where, label
             continue
-        label = str(label).strip().lower()
+        label = label.lower()
         if label not in ("supports", "refutes"):
             yield where, Skip(f"label {label!r} is neither SUPPORTS nor REFUTES")
             continue
@@ -145,8 +154,6 @@ _NLI = {"entailment": 2, "neutral": 1, "contradiction": 0}
 
 
 def _binary(value) -> int | Skip:
-    if isinstance(value, Skip):
-        return value
     key = str(value).strip().lower()
     if key in ("1.0",):
         key = "1"
@@ -160,8 +167,6 @@ def _binary(value) -> int | Skip:
 
 
 def _nli(value) -> int | Skip:
-    if isinstance(value, Skip):
-        return value
     key = str(value).strip().lower()
     if key in _NLI:
         return _NLI[key]
@@ -171,8 +176,6 @@ def _nli(value) -> int | Skip:
 
 
 def _score(value) -> float | Skip:
-    if isinstance(value, Skip):
-        return value
     try:
         score = float(value)
     except (TypeError, ValueError):
@@ -182,8 +185,8 @@ def _score(value) -> float | Skip:
 
 def _sts(rows, fields, label_fn, role) -> Out:
     for where, row in rows:
-        bad, (a, b) = _texts(row, ["text1", "text2"], fields, where)
-        score = bad or label_fn(_get(row, role, fields, where))
+        bad, (a, b) = _texts(row, ["text1", "text2"], fields)
+        score = bad or _get(row, role, fields, label_fn)
         if isinstance(score, Skip):
             yield where, score
             continue
@@ -207,8 +210,8 @@ def nli_triplets(rows, fields, **_) -> Out:
     """premise -> entailment hypotheses as pos, contradictions as neg (neutral pairs are reported, not used)."""
     groups: OrderedDict[str, dict] = OrderedDict()
     for where, row in rows:
-        bad, (p, h) = _texts(row, ["text1", "text2"], fields, where)
-        label = bad or _nli(_get(row, "label", fields, where))
+        bad, (p, h) = _texts(row, ["text1", "text2"], fields)
+        label = bad or _get(row, "label", fields, _nli)
         if isinstance(label, Skip):
             yield where, label
             continue
@@ -229,15 +232,11 @@ def classification(rows, fields, negatives: int = 4, seed: int = 0, **_) -> Out:
     sorted label names' indices. Two passes over the texts (held in memory: classification sets are small)."""
     items: list[tuple[str, str, str]] = []
     for where, row in rows:
-        text = _text(row, "text", fields, where)
-        if isinstance(text, Skip):
-            yield where, text
+        text, label = _text(row, "text", fields), _get(row, "label", fields, _stripped)
+        bad = _skip(text, label)
+        if bad:
+            yield where, bad
             continue
-        label = _get(row, "label", fields, where)
-        if isinstance(label, Skip):
-            yield where, label
-            continue
-        label = str(label).strip()
         if not label:
             yield where, Skip("label is empty")
             continue
@@ -265,13 +264,10 @@ def classification(rows, fields, negatives: int = 4, seed: int = 0, **_) -> Out:
 def retrieval(rows, fields, **_) -> Out:
     """Already (query, pos[, neg]) rows under any field names; pos/neg may be a string or a list."""
     for where, row in rows:
-        q = _text(row, "query", fields, where)
-        if isinstance(q, Skip):
-            yield where, q
-            continue
-        pos = _get(row, "pos", fields, where)
-        if isinstance(pos, Skip):
-            yield where, pos
+        q, pos = _text(row, "query", fields), _get(row, "pos", fields)
+        bad = _skip(q, pos)
+        if bad:
+            yield where, bad
             continue
         neg = row.get(fields.get("neg", "neg"), [])
         pos, neg = ([pos] if isinstance(pos, str) else pos), ([neg] if isinstance(neg, str) else neg)
