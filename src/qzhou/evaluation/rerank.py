@@ -21,32 +21,11 @@ from typing import Any
 
 from qzhou.evaluation import metrics
 from qzhou.evaluation.report import Results, TaskResult, compare, describe_model, library_versions, plot
-from qzhou.evaluation.runner import MAIN_SCORE, RULES, EmbeddingCache
+from qzhou.evaluation.runner import MAIN_SCORE, RULES, EmbeddingCache, retrieval_run
 from qzhou.evaluation.tasks import Corpus, LoadedTask, load_task, resolve_tasks
-from qzhou.search import normalize, top_k
 
 RERANK_TYPES = ("Retrieval", "Reranking")
 Run = dict[str, dict[str, float]]
-
-
-def first_stage_run(task: LoadedTask, cache: EmbeddingCache, rules: str) -> Run:
-    """The embedder's run: each judged query against the corpus (its top max(K_VALUES)) or its candidates."""
-    data: Corpus = task.data  # type: ignore[assignment]
-    qids = list(data.qrels)
-    q = normalize(cache([data.queries[x] for x in qids], task.spec.instruction_for("query", rules)))
-    doc_instruction = task.spec.instruction_for("document", rules)
-    if data.candidates is None:
-        doc_ids = list(data.docs)
-        d = normalize(cache([data.docs[x] for x in doc_ids], doc_instruction))
-        scores, idx = top_k(q, d, max(metrics.K_VALUES), metric="dot")
-        return {qid: {doc_ids[j]: float(s) for j, s in zip(row_idx.tolist(), row_scores.tolist(), strict=True)}
-                for qid, row_scores, row_idx in zip(qids, scores, idx, strict=True)}
-    wanted = list(dict.fromkeys(x for qid in qids for x in data.candidates[qid]))
-    d = normalize(cache([data.docs[x] for x in wanted], doc_instruction))
-    row = {x: i for i, x in enumerate(wanted)}
-    return {qid: {x: float(s) for x, s in zip(data.candidates[qid], d[[row[x] for x in data.candidates[qid]]] @ q[i],
-                                                strict=True)}
-            for i, qid in enumerate(qids)}
 
 
 def rerank_run(reranker: Any, task: LoadedTask, first: Run, k: int, instruction: str | None,
@@ -54,17 +33,17 @@ def rerank_run(reranker: Any, task: LoadedTask, first: Run, k: int, instruction:
     """The first stage's top `k` of each query scored by the reranker (log-odds, all pairs in one call so the
     token-budget batches span queries); the rest follow in first-stage order below the lowest reranked score."""
     data: Corpus = task.data  # type: ignore[assignment]
-    heads = {qid: metrics.ranked(docs)[:k] for qid, docs in first.items()}
-    pairs = [(data.queries[qid], data.docs[doc]) for qid, head in heads.items() for doc in head]
+    order = {qid: metrics.ranked(docs) for qid, docs in first.items()}
+    pairs = [(data.queries[qid], data.docs[doc]) for qid, docs in order.items() for doc in docs[:k]]
     _, logits = reranker.score(pairs, instruction=instruction, return_logits=True, show_progress=show_progress)
     out: Run = {}
     pos = 0
-    for qid, head in heads.items():
+    for qid, docs in order.items():
+        head = docs[:k]
         scores = {doc: float(z) for doc, z in zip(head, logits[pos:pos + len(head)], strict=True)}
         pos += len(head)
         floor = min(scores.values(), default=0.0) - 1.0
-        rest = metrics.ranked(first[qid])[len(head):]
-        scores.update({doc: floor - n for n, doc in enumerate(rest)})
+        scores.update({doc: floor - n for n, doc in enumerate(docs[k:])})
         out[qid] = scores
     return out
 
@@ -122,7 +101,7 @@ def evaluate_rerank(embedder: Any, reranker: Any, tasks: Sequence[str | Path], r
                "fingerprint": first_model["fingerprint"], "depth": max(metrics.K_VALUES)}
         start, before = time.perf_counter(), cache.encoded
         first, reused = cached_run(Path(runs_dir) / f"{task.spec.name}.json", key,
-                                   lambda task=task: first_stage_run(task, cache, rules))
+                                   lambda task=task: retrieval_run(task, cache, rules))
         first_scores = metrics.retrieval_scores(first, task.data.qrels)  # type: ignore[union-attr]
         mid = time.perf_counter()
         instruction = task.spec.instruction_for("query", rules)
