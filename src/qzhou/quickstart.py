@@ -53,14 +53,13 @@ def evaluate(embedder: Embedder, k: int = 3, progress: bool = True) -> dict:
     corpus, queries = sample_task()
     d = embedder.encode([c["text"] for c in corpus], prompt_name="document", show_progress=progress)
     q = embedder.encode([x["query"] for x in queries], instruction=INSTRUCTION, show_progress=progress)
-    sims = q @ d.T
-    run = {x["id"]: {c["id"]: float(s) for c, s in zip(corpus, row)} for x, row in zip(queries, sims)}
+    best, idx = top_k(q, d, len(corpus))  # every passage ranked by cosine: the metrics' run, its head the hits
+    run = {x["id"]: {corpus[j]["id"]: float(s) for s, j in zip(best[i], idx[i])} for i, x in enumerate(queries)}
     qrels = {x["id"]: {r: 1 for r in x["relevant"]} for x in queries}
     scores = retrieval_scores(run, qrels, k_values=(1, 10))
-    best, idx = top_k(q, d, k)
     hits = [{"query": x["query"], "relevant": x["relevant"],
              "hits": [{"id": corpus[j]["id"], "score": round(float(s), 4), "text": corpus[j]["text"]}
-                      for s, j in zip(best[i], idx[i])]} for i, x in enumerate(queries)]
+                      for s, j in zip(best[i][:k], idx[i][:k])]} for i, x in enumerate(queries)]
     return {"scores": {name: round(100 * scores[key], 2) for name, key in METRICS.items()}, "searches": hits}
 
 
@@ -131,11 +130,9 @@ class Stages:
         print(f"\n[{self.done}/{self.total}] {what}  ({elapsed:.0f} s so far)", flush=True)
 
 
-def _train(out: Path, overrides: list[str], stages: Stages) -> tuple[Path, dict]:
-    from qzhou.training.recipe import load_recipe
+def _train(cfg, out: Path, stages: Stages) -> tuple[Path, dict]:
     from qzhou.training.trainer import train as train_recipe
 
-    cfg = load_recipe(recipe_file(), overrides)
     cfg.output_dir = out / "train"
     if cfg.output_dir.exists():  # a rerun trains afresh (the trainer would otherwise resume or skip stages)
         print(f"removing the previous run's {cfg.output_dir}")
@@ -154,11 +151,11 @@ def _train(out: Path, overrides: list[str], stages: Stages) -> tuple[Path, dict]
 
 def run(out: Path, dtype: str = "float32", device: str | None = None, k: int = 3, train: bool = True,
         overrides: list[str] | None = None, threads: int | None = None) -> dict:
-    recipe = overrides or []
+    cfg = None
     if train:  # a bad --set fails here, before minutes of work and before the output folder exists
         from qzhou.training.recipe import load_recipe
 
-        load_recipe(recipe_file(), recipe)
+        cfg = load_recipe(recipe_file(), overrides or [])
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(4 if train else 2)
     stages.next(f"loading SmolLM2-135M as an embedder ({choose_threads(threads)} torch thread(s))")
@@ -175,7 +172,7 @@ def run(out: Path, dtype: str = "float32", device: str | None = None, k: int = 3
     report_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     after = None
     if train:
-        final, report["train"] = _train(out, recipe, stages)
+        final, report["train"] = _train(cfg, out, stages)
         stages.next("scoring the trained embedder")
         after = evaluate(Embedder.load(final, dtype=dtype, device=device), k)
         report["after"] = after
