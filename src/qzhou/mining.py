@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +124,13 @@ def read_queries(path) -> list[tuple[str, dict]]:
     return rows
 
 
-def judge_window(record: dict, pos_score: float, scores: np.ndarray, idx: np.ndarray, texts: Sequence[str],
-                 ranks: tuple[int, int], margin: float, num_negatives: int | None, stats: Counter,
-                 ids: Sequence[str] | None = None) -> tuple[list[dict], list[dict]]:
+def judge_window(record: dict, pos_score: float, scores: np.ndarray, idx: np.ndarray,
+                 texts: Sequence[str] | Mapping[int, str], ranks: tuple[int, int], margin: float,
+                 num_negatives: int | None, stats: Counter,
+                 ids: Sequence[str] | Mapping[int, str] | None = None) -> tuple[list[dict], list[dict]]:
     """One query's rank window by the rules in the module docstring: (kept, dropped) items {rank, score, [id],
-    text[, reason]}. `scores`, `idx`: its hits best first (-1: no hit); `texts[j]` (and `ids[j]`) name hit j.
+    text[, reason]}. `scores`, `idx`: its hits best first (-1: no hit); `texts[j]` (and `ids[j]`) name hit j
+    (a list over the corpus, or a dict holding only the hits, as `qzhou.corpus.mine` fetches them).
     A text equal to one already kept is dropped as `duplicate` (only a corpus not de-duplicated has them)."""
     pos_keys = {normalize_text(p) for p in record["pos"]}
     neg_keys = {normalize_text(t) for t in record.get("neg", [])}

@@ -5,9 +5,9 @@ dropped, the margin guard against unlabelled positives), in three passes that ea
 1. search: queries embedded and searched in batches of `chunk`; only the (Q, LAST) rows and scores are kept;
 2. texts: the input files named in the manifest are streamed once and only the rows inside some query's window
    are kept (the corpus is never loaded as Python strings);
-3. filter and write: per query, the window's candidates go through the rules; a candidate whose normalised text
-   equals one already taken for that query is dropped as `duplicate` (the folder is not de-duplicated the way
-   `mine` de-duplicates an in-memory corpus).
+3. filter and write: per query, the window's candidates go through `qzhou.mining.judge_window` (the one copy of
+   the rules); a candidate whose normalised text equals one already taken for that query is dropped as
+   `duplicate` (the folder is not de-duplicated the way `mine` de-duplicates an in-memory corpus).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from qzhou.corpus.index import ShardIndex, choose_index
 from qzhou.corpus.inputs import iter_file_rows
 from qzhou.data.readers import JsonlWriter
 from qzhou.data.records import normalize_text
-from qzhou.mining import encode_queries, load_embedder, read_queries
+from qzhou.mining import encode_queries, judge_window, load_embedder, read_queries
 from qzhou.search import normalize
 
 
@@ -50,9 +50,10 @@ def check_model(embedder, man: dict, folder: Path) -> None:
                          "the model that encoded it, or re-encode the corpus")
 
 
-def fetch_texts(man: dict, wanted: set[int]) -> dict[int, tuple[str, str]]:
-    """{global row: (id, text)} for the `wanted` rows, streaming each input file once."""
-    out: dict[int, tuple[str, str]] = {}
+def fetch_texts(man: dict, wanted: set[int]) -> tuple[dict[int, str], dict[int, str]]:
+    """({global row: id}, {global row: text}) for the `wanted` rows, streaming each input file once."""
+    ids: dict[int, str] = {}
+    texts: dict[int, str] = {}
     files = {f["rel"]: f for f in man["input"]["files"]}
     offset, ranges = 0, []
     for s in man["shards"]:
@@ -73,10 +74,10 @@ def fetch_texts(man: dict, wanted: set[int]) -> dict[int, tuple[str, str]]:
         for i, (rid, text) in enumerate(iter_file_rows(Path(f["path"]), man["input"]["field"],
                                                        man["input"]["id_field"], rel)):
             if i in rows:
-                out[rows[i]] = (rid, text)
+                ids[rows[i]], texts[rows[i]] = rid, text
             if i >= last:
                 break
-    return out
+    return ids, texts
 
 
 def _search_all(embedder, index: ShardIndex, rows, instruction, hi: int, dim: int, chunk: int, batch_tokens: int,
@@ -93,32 +94,6 @@ def _search_all(embedder, index: ShardIndex, rows, instruction, hi: int, dim: in
         scores.append(s)
         idx.append(i)
     return np.concatenate(qs), np.concatenate(scores), np.concatenate(idx)
-
-
-def _window(record, qv, pos_vecs, sc, ix, lo, hi, margin, num_negatives, texts, stats) -> tuple[list, list, float]:
-    """The rules of `qzhou.mining` on one query's ranked candidates: (kept, dropped) with rank, score, reason."""
-    pos_keys = {normalize_text(p) for p in record["pos"]}
-    pos_score = min(float(qv @ pos_vecs[k]) for k in pos_keys)
-    neg_keys = {normalize_text(t) for t in record.get("neg", [])}
-    query_key = normalize_text(record["query"])
-    kept, dropped, taken = [], [], set()
-    for rank in range(lo, min(hi, len(ix)) + 1):
-        j, s = int(ix[rank - 1]), float(sc[rank - 1])
-        if j < 0:
-            break
-        rid, text = texts[j]
-        key = normalize_text(text)
-        reason = ("positive" if key in pos_keys else "query" if key == query_key else
-                  "existing" if key in neg_keys else "duplicate" if key in taken else
-                  "margin" if s > pos_score - margin else None)
-        item = {"rank": rank, "score": round(s, 4), "id": rid, "text": text}
-        if reason:
-            stats[reason] += 1
-            dropped.append({**item, "reason": reason})
-        elif num_negatives is None or len(kept) < num_negatives:
-            kept.append(item)
-            taken.add(key)
-    return kept, dropped, pos_score
 
 
 def mine_corpus(queries: str | Path, output: str | Path, model: Any, corpus_embeddings: str | Path, *,
@@ -140,7 +115,7 @@ def mine_corpus(queries: str | Path, output: str | Path, model: Any, corpus_embe
     q, scores, idx = _search_all(embedder, search, rows, instruction, hi, dim, chunk, batch_tokens, progress)
     searched = time.perf_counter()
     recall = search.recall_at_k(q[:recall_queries], 100)
-    texts = fetch_texts(man, {int(j) for j in idx[:, lo - 1:hi].reshape(-1) if j >= 0})
+    hit_ids, hit_texts = fetch_texts(man, {int(j) for j in idx[:, lo - 1:hi].reshape(-1) if j >= 0})
     pos_texts = sorted({p for _, r in rows for p in r["pos"]})
     p = man["prompt"]
     pos_emb = normalize(embedder.encode(pos_texts, prompt_name=p["prompt_name"], instruction=p["instruction"],
@@ -151,8 +126,9 @@ def mine_corpus(queries: str | Path, output: str | Path, model: Any, corpus_embe
     report_path = output.with_name(output.name + ".report.jsonl")
     with JsonlWriter(output) as out, JsonlWriter(report_path) as report:
         for (where, record), qv, sc, ix in zip(rows, q, scores, idx):
-            kept, dropped, pos_score = _window(record, qv, pos_vecs, sc, ix, lo, hi, margin, num_negatives, texts,
-                                               stats)
+            pos_score = min(float(qv @ pos_vecs[normalize_text(p)]) for p in record["pos"])
+            kept, dropped = judge_window(record, pos_score, sc, ix, hit_texts, ranks, margin, num_negatives, stats,
+                                         hit_ids)
             out.write({**record, "neg": list(record.get("neg", [])) + [k["text"] for k in kept]})
             added.append(len(kept))
             report.write({"source": where, "query": record["query"], "pos_score": round(pos_score, 4),
