@@ -106,8 +106,13 @@ def set_rng_state(s: dict) -> None:
     random.setstate(s["python"])
 
 
+def checkpoints(stage_dir: Path) -> list[Path]:
+    """A stage's complete checkpoint folders, oldest first (by step, not by name: checkpoint-10 after -9)."""
+    return sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
 def latest_checkpoint(stage_dir: Path) -> Path | None:
-    found = sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    found = checkpoints(stage_dir)
     return found[-1] if found else None
 
 
@@ -140,7 +145,7 @@ def write_checkpoint(accelerator, model, stage_dir: Path, step: int, cfg, optimi
         torch.save({"step": step, **own, "sampler": sampler.state_dict(), "collator_rng": collate_rng.getstate(),
                     "rng": rng_state(), "losses": losses}, tmp / "training_state.pt")
         tmp.rename(path)
-        for old in sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+        for old in checkpoints(stage_dir)[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return state
