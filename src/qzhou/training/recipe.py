@@ -99,10 +99,6 @@ class TrainConfig(Strict):
             raise ValueError("length_buckets must be >= 1")
         if self.query_max_length < 1 or self.passage_max_length < 1:
             raise ValueError("query_max_length and passage_max_length must be >= 1")
-        for stage in self.training_stages():
-            keep = self.keep_checkpoints if stage.keep_checkpoints is None else stage.keep_checkpoints
-            if keep < 1 or (stage.checkpoint_every or 0) < 0:
-                raise ValueError(f"stage {stage.name!r}: keep_checkpoints must be >= 1 and checkpoint_every >= 0")
         return self
 
     def training_stages(self) -> list[StageSpec]:
@@ -114,10 +110,14 @@ class TrainConfig(Strict):
             if not isinstance(stage, MergeStageSpec):
                 continue
             earlier = [s.name for s in self.stages[:i] if isinstance(s, StageSpec)]
-            source = stage.merge.stage or (self.stages[i - 1].name if i else None)
+            source = self.merge_source(i)
             if source not in earlier:
                 raise ValueError(f"merge stage {stage.name!r}: merge.stage must name an earlier training stage "
                                  f"(got {source!r}; earlier training stages: {earlier})")
+
+    def merge_source(self, i: int) -> str | None:
+        """The stage whose checkpoints merge stage `i` merges: its `merge.stage`, else the stage before it."""
+        return self.stages[i].merge.stage or (self.stages[i - 1].name if i else None)
 
     def batch_size_of(self, spec: DatasetSpec) -> int:
         """Rows per process for a dataset: its own batch_size, else the recipe's for its task."""
@@ -190,7 +190,8 @@ def _problem(err: dict[str, Any]) -> str:
 #: (dotted key, lowest allowed value, whether the lowest is excluded): checked after pydantic's types
 _LIMITS = [("seed", None, False), ("tau", 0, True), ("cosent_tau", 0, True), ("margin", 0, False),
            ("hard_negatives", 0, False), ("chunk_size", 1, False), ("log_every", 1, False),
-           ("max_grad_norm", 0, True), ("alpha", 0, False), ("checkpoint_every", 0, False)]
+           ("max_grad_norm", 0, True), ("alpha", 0, False), ("checkpoint_every", 0, False),
+           ("keep_checkpoints", 1, False)]
 _STAGE_LIMITS = [("steps", 1, False), ("lr", 0, True), ("warmup_steps", 0, False), ("weight_decay", 0, False),
                  ("checkpoint_every", 0, False), ("keep_checkpoints", 1, False)]
 

@@ -169,8 +169,7 @@ def merge_stage(cfg: TrainConfig, stage, index: int, stage_dir: Path) -> Path:
         while not (stage_dir / "DONE").is_file():
             time.sleep(1.0)
         return stage_dir / "final"
-    source = stage.merge.stage or cfg.stages[index - 1].name
-    return run_merge_stage(stage, cfg.output_dir / source, stage_dir)
+    return run_merge_stage(stage, cfg.output_dir / cfg.merge_source(index), stage_dir)
 
 
 def train(cfg: TrainConfig) -> Path:
