@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,40 @@ def judge_window(record: dict, pos_score: float, scores: np.ndarray, idx: np.nda
     return kept, dropped
 
 
+class MinedWriter:
+    """OUTPUT (each record with its kept negatives appended) and OUTPUT.report.jsonl (per query: the positive's
+    score, what was kept and every dropped candidate with its rank, score and reason), for both mining paths."""
+
+    def __init__(self, output: str | Path):
+        self.output = Path(output)
+        self.report_path = self.output.with_name(self.output.name + ".report.jsonl")
+        self.added: list[int] = []  # negatives added, per query
+
+    def __enter__(self) -> MinedWriter:
+        with ExitStack() as stack:
+            self._out = stack.enter_context(JsonlWriter(self.output))
+            self._report = stack.enter_context(JsonlWriter(self.report_path))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.__exit__(*exc)
+
+    def write(self, where: str, record: dict, pos_score: float, kept: list[dict], dropped: list[dict]) -> None:
+        self._out.write({**record, "neg": list(record.get("neg", [])) + [k["text"] for k in kept]})
+        self.added.append(len(kept))
+        self._report.write({"source": where, "query": record["query"], "pos_score": round(pos_score, 4),
+                            "added": len(kept), "kept": kept, "dropped": dropped})
+
+    def counts(self, stats: Counter) -> dict:
+        """The summary's figures on what was added and dropped."""
+        added = np.asarray(self.added)
+        return {"negatives_added": int(added.sum()),
+                "negatives_per_query": {"mean": round(float(added.mean()), 2), "min": int(added.min()),
+                                        "max": int(added.max())},
+                "queries_without_new_negatives": int((added == 0).sum()), "dropped": dict(stats)}
+
+
 def _read_corpus(path, field: str, queries) -> tuple[list[str], int]:
     texts, seen, duplicates = [], set(), 0
     if path is None:
@@ -200,10 +235,8 @@ def mine(queries: str | Path, output: str | Path, model: Any, *, corpus: str | P
     pos_vec = {normalize_text(p): extra[i] for i, p in enumerate(missing)}
     search = Index(doc_emb, index)
     stats: Counter = Counter()
-    added_per_query = []
     bar = tqdm(total=len(rows), desc="mine", unit="query", disable=not progress)
-    report_path = output.with_name(output.name + ".report.jsonl")
-    with JsonlWriter(output) as out, JsonlWriter(report_path) as report:
+    with MinedWriter(output) as out:
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
             q = encode_queries(embedder, [r["query"] for _, r in part], [r.get("instruction") for _, r in part],
@@ -213,17 +246,9 @@ def mine(queries: str | Path, output: str | Path, model: Any, *, corpus: str | P
                 pos_keys = {normalize_text(p) for p in record["pos"]}
                 pos_score = min(float(qv @ (doc_emb[position[k]] if k in position else pos_vec[k])) for k in pos_keys)
                 kept, dropped = judge_window(record, pos_score, sc, ix, docs, ranks, margin, num_negatives, stats)
-                negs = list(record.get("neg", []))
-                out.write({**record, "neg": negs + [k["text"] for k in kept]})
-                added_per_query.append(len(kept))
-                report.write({"source": where, "query": record["query"], "pos_score": round(pos_score, 4),
-                              "added": len(kept), "kept": kept, "dropped": dropped})
+                out.write(where, record, pos_score, kept, dropped)
             bar.update(len(part))
     bar.close()
-    added = np.asarray(added_per_query)
     return {"queries": len(rows), "corpus": len(docs), "corpus_duplicates_dropped": corpus_dups, "index": index,
-            "ranks": f"{lo}-{hi}", "margin": margin, "negatives_added": int(added.sum()),
-            "negatives_per_query": {"mean": round(float(added.mean()), 2), "min": int(added.min()),
-                                    "max": int(added.max())},
-            "queries_without_new_negatives": int((added == 0).sum()), "dropped": dict(stats),
-            "output": str(output), "report": str(report_path), "seconds": round(time.perf_counter() - started, 2)}
+            "ranks": f"{lo}-{hi}", "margin": margin, **out.counts(stats),
+            "output": str(output), "report": str(out.report_path), "seconds": round(time.perf_counter() - started, 2)}

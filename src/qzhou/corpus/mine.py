@@ -23,9 +23,8 @@ from tqdm import tqdm
 from qzhou.corpus import manifest as mf
 from qzhou.corpus.index import ShardIndex, choose_index
 from qzhou.corpus.inputs import iter_file_rows
-from qzhou.data.readers import JsonlWriter
 from qzhou.data.records import normalize_text
-from qzhou.mining import encode_queries, judge_window, load_embedder, read_queries
+from qzhou.mining import MinedWriter, encode_queries, judge_window, load_embedder, read_queries
 from qzhou.search import normalize
 
 
@@ -122,23 +121,14 @@ def mine_corpus(queries: str | Path, output: str | Path, model: Any, corpus_embe
                                         dim=dim, batch_tokens=batch_tokens, show_progress=False))
     pos_vecs = {normalize_text(t): v for t, v in zip(pos_texts, pos_emb)}
     stats: Counter = Counter()
-    added = []
-    report_path = output.with_name(output.name + ".report.jsonl")
-    with JsonlWriter(output) as out, JsonlWriter(report_path) as report:
+    with MinedWriter(output) as out:
         for (where, record), qv, sc, ix in zip(rows, q, scores, idx):
             pos_score = min(float(qv @ pos_vecs[normalize_text(p)]) for p in record["pos"])
             kept, dropped = judge_window(record, pos_score, sc, ix, hit_texts, ranks, margin, num_negatives, stats,
                                          hit_ids)
-            out.write({**record, "neg": list(record.get("neg", [])) + [k["text"] for k in kept]})
-            added.append(len(kept))
-            report.write({"source": where, "query": record["query"], "pos_score": round(pos_score, 4),
-                          "added": len(kept), "kept": kept, "dropped": dropped})
-    added_a = np.asarray(added)
+            out.write(where, record, pos_score, kept, dropped)
     return {"queries": len(rows), "corpus": n, "corpus_embeddings": str(folder), "index": kind,
             f"recall@100_vs_exact_on_{min(len(rows), recall_queries)}_queries": recall,
-            "ranks": f"{lo}-{hi}", "margin": margin, "negatives_added": int(added_a.sum()),
-            "negatives_per_query": {"mean": round(float(added_a.mean()), 2), "min": int(added_a.min()),
-                                    "max": int(added_a.max())},
-            "queries_without_new_negatives": int((added_a == 0).sum()), "dropped": dict(stats),
-            "output": str(output), "report": str(report_path), "index_seconds": round(built - started, 2),
+            "ranks": f"{lo}-{hi}", "margin": margin, **out.counts(stats),
+            "output": str(output), "report": str(out.report_path), "index_seconds": round(built - started, 2),
             "search_seconds": round(searched - built, 2), "seconds": round(time.perf_counter() - started, 2)}
