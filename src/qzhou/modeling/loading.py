@@ -165,29 +165,45 @@ def read_raw_config(folder: Path, gguf_file: str | None) -> dict[str, Any]:
     return AutoConfig.from_pretrained(folder, gguf_file=gguf_file).to_dict()
 
 
-def load_backbone(
-    folder: Path, gguf_file: str | None, dtype: torch.dtype, attn_implementation: str | None = None
-) -> torch.nn.Module:
-    """The bare transformer (no LM head) with weights, built from `model_type`, never from remote code."""
-    from transformers import AutoConfig, AutoModel
+def model_config(folder: Path, gguf_file: str | None):
+    """transformers' config for the folder (or GGUF file), with `auto_map` dropped: remote code is never followed."""
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=False)
-    architecture_kind(config.model_type)
-    if hasattr(config, "auto_map"):  # remote code is never followed
+    if hasattr(config, "auto_map"):
         delattr(config, "auto_map")
-    model_cls = AutoModel._model_mapping[type(config)]
-    kwargs: dict[str, Any] = {"config": config, "dtype": dtype}
+    return config
+
+
+def load_native(auto_class: Any, folder: Path, config: Any, gguf_file: str | None, dtype: torch.dtype,
+                attn_implementation: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(model in eval mode, loading info): the class `auto_class` (AutoModel, AutoModelForCausalLM...) maps
+    `config`'s type to, with the folder's weights in `dtype`. The one loader of the embedder's backbone and the
+    reranker's causal LM, so both read folders, hub snapshots and GGUF files alike."""
+    model_cls = auto_class._model_mapping[type(config)]
+    kwargs: dict[str, Any] = {"config": config, "dtype": dtype, "output_loading_info": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    model = model_cls.from_pretrained(folder, **kwargs)
+    model, info = model_cls.from_pretrained(folder, **kwargs)
     if gguf_file:  # dequantized on load: drop the quantizer so that save_pretrained writes plain safetensors
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             delattr(model.config, "quantization_config")
         model.to(dtype)
-    return model.eval()
+    return model.eval(), info
+
+
+def load_backbone(
+    folder: Path, gguf_file: str | None, dtype: torch.dtype, attn_implementation: str | None = None
+) -> torch.nn.Module:
+    """The bare transformer (no LM head) with weights, built from `model_type`, never from remote code."""
+    from transformers import AutoModel
+
+    config = model_config(folder, gguf_file)
+    architecture_kind(config.model_type)
+    return load_native(AutoModel, folder, config, gguf_file, dtype, attn_implementation)[0]
 
 
 def load_tokenizer(folder: Path, gguf_file: str | None):

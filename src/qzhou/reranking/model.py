@@ -57,7 +57,7 @@ class Reranker(nn.Module):
         """Load a published Qwen3-Reranker folder, a folder saved by `Reranker.save`, any decoder LLM (folder, hub
         id, .gguf) or `default` (the bundled SmolLM2-135M). `max_length` (default: the folder's, else 8192) caps
         the prompt in tokens; `instruction` replaces the default instruction."""
-        folder, gguf_file = _resolve(source, gguf_file)
+        folder, gguf_file = loading.resolve_source(source, gguf_file)
         config = RerankerConfig.load(folder) or RerankerConfig()
         changes = {k: v for k, v in {"max_length": max_length, "instruction": instruction}.items() if v is not None}
         if changes:
@@ -244,49 +244,25 @@ def _check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
-def _resolve(source: str | Path, gguf_file: str | None) -> tuple[Path, str | None]:
-    """`loading.resolve_source`, with `default` = the bundled SmolLM2-135M for versions that lack the name."""
-    try:
-        return loading.resolve_source(source, gguf_file)
-    except FileNotFoundError:
-        if str(source) != "default":
-            raise
-        from qzhou.default_model import smollm2_folder
-
-        return smollm2_folder(), None
-
-
 def load_causal_lm(folder: Path, gguf_file: str | None, dtype: torch.dtype,
                    attn_implementation: str | None = None) -> nn.Module:
-    """The *ForCausalLM (with its output layer), built from `model_type`, never from remote code. A folder saved
-    without the output layer loads when the model ties it to the input embeddings (SmolLM2, Qwen3-0.6B)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """The *ForCausalLM (with its output layer), built from `model_type`, never from remote code (the embedder's
+    loader, `loading.load_native`). A folder saved without the output layer loads when the model ties it to the
+    input embeddings (SmolLM2, Qwen3-0.6B)."""
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=False)
+    from qzhou.modeling.bidirectional import architecture_kind
+
+    config = loading.model_config(folder, gguf_file)
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith("ForSequenceClassification") for a in archs):
         raise ValueError(f"{folder} holds a {archs[0]} (a seq-cls export): load the causal reranker it came from")
-    from qzhou.modeling.bidirectional import architecture_kind
-
     if architecture_kind(config.model_type) != "decoder":
         raise ValueError(f"{folder}: model_type={config.model_type!r} is an encoder; a yes/no reranker needs a "
                          "decoder LLM (Qwen2/Qwen3/Llama)")
-    if hasattr(config, "auto_map"):
-        delattr(config, "auto_map")
-    model_cls = AutoModelForCausalLM._model_mapping[type(config)]
-    kwargs: dict[str, Any] = {"config": config, "dtype": dtype, "output_loading_info": True}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
-    model, info = model_cls.from_pretrained(folder, **kwargs)
+    model, info = loading.load_native(AutoModelForCausalLM, folder, config, gguf_file, dtype, attn_implementation)
     tied = getattr(config, "tie_word_embeddings", False)
     if any(k.startswith("lm_head") for k in info.get("missing_keys", [])) and not tied:
         raise ValueError(f"{folder}: the weights have no lm_head (output layer) and the model does not tie it to "
                          "the embeddings; a reranker needs the LM head of a *ForCausalLM checkpoint")
-    if gguf_file:  # dequantized on load: drop the quantizer so that save_pretrained writes plain safetensors
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            delattr(model.config, "quantization_config")
-        model.to(dtype)
-    return model.eval()
+    return model
