@@ -50,20 +50,12 @@ def _txt(path: Path, field: str | None, id_field: str | None) -> Inputs:
     return Inputs([_check(t, f"{path}:{n}", None) for n, t in decode_lines(path)])
 
 
-def _rows(path: Path):
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        yield from read_rows(path)
-        return
-    yield from read_rows(path, delimiter="\t" if suffix == ".tsv" else "," if suffix == ".csv" else None)
-
-
 def _table(path: Path, field: str | None, id_field: str | None) -> Inputs:
     """Rows of a JSONL / CSV / TSV / Parquet file: the text of `field` (default `text`) and the id of
     `id_field` (default `id` when the first row has one; then every row must)."""
     field = field or "text"
     out = Inputs(id_field=id_field)
-    for where, row in _rows(path):
+    for where, row in read_rows(path):  # the reader picks the format (and CSV/TSV delimiter) by suffix
         if field not in row:
             raise InputError(f"{where}: no field {field!r} (found {sorted(row)}); choose one with --field")
         if out.id_field is None and not out.texts and "id" in row:
