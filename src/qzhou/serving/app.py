@@ -206,5 +206,5 @@ def describe(state: ServerState) -> dict[str, Any]:
                            "max_client_batch": state.embed.max_client_batch}
         out.update(max_batch_tokens=limits.max_batch_tokens, max_client_batch_size=state.embed.max_client_batch)
     if state.rerank is not None:
-        out["reranker"] = {"model_id": state.reranker_name, **state.rerank.describe()}
+        out["reranker"] = {"model_id": state.reranker_name, **state.rerank.reranker.info()}
     return out

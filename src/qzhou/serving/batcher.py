@@ -226,3 +226,34 @@ class Batcher:
         if self.metrics is not None:
             self.metrics.batch_failures.labels(self.name).inc()
         job.future.set_exception(errors.failed(f"{type(e).__name__}: {e}"))
+
+
+class Service:
+    """What the embed and rerank services share: one tokenizer thread (tokenizing neither blocks the event loop
+    nor waits behind the model thread) in front of one batcher, and the inputs-per-request limit."""
+
+    def __init__(self, run: Callable[[list[Any]], Sequence[Any]], limits: Limits, metrics: Any,
+                 max_client_batch: int, name: str):
+        self.limits, self.metrics, self.max_client_batch, self.name = limits, metrics, max_client_batch, name
+        self.batcher = Batcher(run, limits, metrics, name)
+        self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"qzhou-{name}-tokenize")
+
+    def check_count(self, n: int, field: str, what: str) -> None:
+        if n > self.max_client_batch:
+            raise errors.invalid(f"field '{field}': {n} {what}, over the limit of {self.max_client_batch} per "
+                                 "request (server flag --max-client-batch)", "too_many_inputs")
+
+    async def rows(self, tokenize: Callable[..., list[list[int]]], *args: Any) -> tuple[list[list[int]], list[Any]]:
+        """`tokenize(*args)` in the tokenizer thread, then the model's result for every token-id row, in order."""
+        t0 = time.perf_counter()
+        ids = await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, tokenize, *args)
+        if self.metrics is not None:
+            self.metrics.tokenize_seconds.labels(self.name).observe(time.perf_counter() - t0)
+        return ids, await self.batcher.submit([(x, len(x)) for x in ids])
+
+    async def start(self) -> None:
+        self.batcher.start()
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        self._tokenize_pool.shutdown(wait=True)

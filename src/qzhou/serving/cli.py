@@ -98,8 +98,11 @@ def build_state(a: argparse.Namespace, embedder: Any = None, reranker: Any = Non
     if a.reranker is not None:
         from qzhou.serving.rerank import RerankService
 
-        state.rerank = RerankService.load(a.reranker, limits, state.metrics, a.max_client_batch, reranker,
-                                          dtype=a.dtype, device=a.device)
+        if reranker is None:
+            from qzhou import Reranker
+
+            reranker = Reranker.load(a.reranker, dtype=a.dtype, device=a.device)
+        state.rerank = RerankService(reranker, limits, state.metrics, a.max_client_batch)
         state.reranker_name = Path(str(a.reranker).rstrip("/")).name
     return state
 

@@ -4,10 +4,7 @@ request (`pooling.finalize`, as `encode` does), so served vectors are `encode`'s
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +13,7 @@ import torch
 
 from qzhou.modeling.pooling import finalize
 from qzhou.serving import errors
-from qzhou.serving.batcher import Batcher, Limits
+from qzhou.serving.batcher import Limits, Service
 
 
 @dataclass
@@ -29,16 +26,14 @@ class EmbedOptions:
     truncate: bool = False
 
 
-class EmbedService:
+class EmbedService(Service):
     """One embedder behind one batcher. `rules` picks which side of a `task` gets its instruction
     (`qzhou.instructions.instruction_for`)."""
 
     def __init__(self, embedder: Any, limits: Limits, metrics: Any = None, rules: str = "qzhou",
                  dimensions: list[int] | None = None, max_client_batch: int = 256):
-        self.embedder, self.limits, self.metrics, self.rules = embedder, limits, metrics, rules
-        self.max_client_batch = max_client_batch
-        self.batcher = Batcher(self._run, limits, metrics, "embed")
-        self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qzhou-tokenize")
+        super().__init__(self._run, limits, metrics, max_client_batch, "embed")
+        self.embedder, self.rules = embedder, rules
         declared = getattr(embedder.backbone.config, "matryoshka_dimensions", None)  # vLLM reads the same key
         self.dimensions = sorted(dimensions or declared or []) or None  # None: any size 1..hidden
         self.vocab = embedder.backbone.get_input_embeddings().num_embeddings
@@ -100,29 +95,14 @@ class EmbedService:
     async def embed(self, inputs: list[str] | list[list[int]], o: EmbedOptions,
                     field: str = "input") -> tuple[np.ndarray, int]:
         """(n, dim) float32 vectors in input order, and the number of prompt tokens."""
-        if len(inputs) > self.max_client_batch:
-            raise errors.invalid(f"field '{field}': {len(inputs)} inputs, over the limit of "
-                                 f"{self.max_client_batch} per request (server flag --max-client-batch)",
-                                 "too_many_inputs")
+        self.check_count(len(inputs), field, "inputs")
         self.check_dimensions(o.dimensions)
-        t0 = time.perf_counter()
-        ids = await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, self.tokenize, inputs, o, field)
-        if self.metrics is not None:
-            self.metrics.tokenize_seconds.labels("embed").observe(time.perf_counter() - t0)
-        rows = await self.batcher.submit([(x, len(x)) for x in ids])
+        ids, rows = await self.rows(self.tokenize, inputs, o, field)
         normalize = self.embedder.config.normalize if o.normalize is None else o.normalize
         vectors = finalize(torch.stack(rows), o.dimensions, normalize)
         return vectors.numpy(), sum(len(x) for x in ids)
-
 
     def _run(self, batch: list[list[int]]) -> list[torch.Tensor]:
         """The model thread: one padded forward; rows come back unnormalised and full size (finalize is per
         request, since requests in one batch may ask for different dimensions)."""
         return list(self.embedder.pooled_ids(batch))
-
-    async def start(self) -> None:
-        self.batcher.start()
-
-    async def close(self) -> None:
-        await self.batcher.close()
-        self._tokenize_pool.shutdown(wait=True)
