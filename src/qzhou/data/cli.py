@@ -72,7 +72,7 @@ def _sampling(a: argparse.Namespace) -> tuple[list, list[int], dict]:
         stages = {s.name: s for s in cfg.training_stages()}  # (merge stages draw no batches)
         name = a.stage or next(iter(stages))
         if name not in stages:
-            raise SystemExit(f"--stage {name!r}: the recipe's training stages are {', '.join(stages)}")
+            raise ValueError(f"--stage {name!r}: the recipe's training stages are {', '.join(stages)}")
         specs = {d.name: d for d in cfg.datasets}
         datasets = [specs[n] for n in stages[name].datasets]
         share = stages[name].retrieval_share if a.retrieval_share is None else a.retrieval_share
