@@ -18,6 +18,7 @@ from qzhou.corpus.inputs import InputFile, Shard, parse_shard_spec, plan_shards,
 from qzhou.corpus.local import parse_devices, run_in_process, run_processes
 from qzhou.corpus.shards import remove_temporaries, shard_rows
 from qzhou.corpus.worker import EncodeSettings
+from qzhou.mining import load_embedder
 
 ENGINES = ("local", "ray")
 
@@ -40,14 +41,6 @@ class CorpusJob:
     ray_concurrency: tuple[int, int] | None = None
     ray_gpus_per_worker: float | None = None
     progress: bool = True
-
-
-def _load(job: CorpusJob, device: str | None):
-    if hasattr(job.model, "encode") and hasattr(job.model, "backbone"):
-        return job.model
-    from qzhou import Embedder
-
-    return Embedder.load(job.model, dtype=job.dtype, device=device)
 
 
 def _identity(embedder, job: CorpusJob, files: list[InputFile]) -> dict:
@@ -128,7 +121,7 @@ def encode_corpus(job: CorpusJob) -> dict:
     in_process = job.engine == "local" and len(devices) <= 1
     if not in_process and isinstance(job.model, (str, Path)):
         job = replace(job, dtype=_worker_dtype(job, devices))
-    embedder = _load(job, devices[0] if in_process and devices else None if in_process else "cpu")
+    embedder = load_embedder(job.model, job.dtype, devices[0] if in_process and devices else None if in_process else "cpu")
     shards = plan_shards(files, job.shard_rows)
     new = {**_identity(embedder, job, files), "shards": [s.to_json() for s in shards], "versions": mf.versions()}
     _prepare_folder(out, new, old, job.resume)
