@@ -54,13 +54,13 @@ def validate_file(path: str | Path, *, task: str | None = None, on_error: Litera
     labels: Counter[Any] = Counter()
     scores = array("d")
     keys, lines = array("Q"), array("I")
-    rows = bad = 0
+    rows = 0
     writer = JsonlWriter(clean).__enter__() if clean else None
     side = JsonlWriter(skipped_path(Path(clean))).__enter__() if clean else None
     failed = True
-    unreadable = _Unreadable(errors, examples, side)
+    invalid = _Invalid(errors, examples, side)
     try:
-        rows_in = read_rows(path, on_bad=unreadable if on_error == "skip" else None)
+        rows_in = read_rows(path, on_bad=invalid if on_error == "skip" else None)
         for where, record in tqdm(rows_in, desc=f"validate {path.name}", unit="row", disable=not progress):
             rows += 1
             kind, errs, warns = check_record(record, task, max_chars)
@@ -69,14 +69,8 @@ def validate_file(path: str | Path, *, task: str | None = None, on_error: Litera
                 text = f"{where}: field {field!r} {message}" if field else f"{where}: record {message}"
                 if on_error == "fail":
                     raise DataError(text)
-                bad += 1
-                for f, m in errs:
-                    errors[f"{f.split('[')[0] or 'record'} {m}"] += 1
-                if len(examples.setdefault("errors", [])) < EXAMPLES:
-                    examples["errors"].append(text)
-                if side:
-                    side.write({"source": where, "line": line_of(where),
-                                "reason": "; ".join(f"{f or 'record'} {m}" for f, m in errs), "record": record})
+                invalid.add(where, text, [f"{f.split('[')[0] or 'record'} {m}" for f, m in errs],
+                            "; ".join(f"{f or 'record'} {m}" for f, m in errs), record=record)
                 continue
             tasks[kind] += 1
             for f, m in warns:
@@ -96,7 +90,7 @@ def validate_file(path: str | Path, *, task: str | None = None, on_error: Litera
             side.__exit__(DataError if failed else None)
             if not failed and not side.count:
                 side.path.unlink()
-    rows, bad = rows + unreadable.count, bad + unreadable.count
+    rows, bad = rows + invalid.unreadable, invalid.count
     dup_lines = _duplicates(np.frombuffer(keys, dtype=np.uint64), np.frombuffer(lines, dtype=np.uint32))
     if len(dup_lines):
         warnings["duplicate pair"] += len(dup_lines)
@@ -115,20 +109,26 @@ def validate_file(path: str | Path, *, task: str | None = None, on_error: Litera
     return report
 
 
-class _Unreadable:
-    """`on_bad` for skip mode: a line the reader could not make a row of is one more invalid row."""
+class _Invalid:
+    """A file's invalid rows, bad records and unreadable lines alike: counted per reason, the first few kept as
+    examples, each written to the side file (with `clean`)."""
 
     def __init__(self, errors: Counter, examples: dict[str, list[str]], side: JsonlWriter | None):
         self.errors, self.examples, self.side = errors, examples, side
-        self.count = 0
+        self.count = self.unreadable = 0
 
     def __call__(self, where: str, reason: str, text: str | None = None) -> None:
+        """The reader's `on_bad` (skip mode): a line it could not make a row of is one more invalid row."""
+        self.unreadable += 1
+        self.add(where, f"{where}: {reason}", ["unreadable line"], reason, text=text)
+
+    def add(self, where: str, example: str, kinds: list[str], reason: str, **extra: Any) -> None:
         self.count += 1
-        self.errors["unreadable line"] += 1
+        self.errors.update(kinds)
         if len(self.examples.setdefault("errors", [])) < EXAMPLES:
-            self.examples["errors"].append(f"{where}: {reason}")
+            self.examples["errors"].append(example)
         if self.side:
-            self.side.write({"source": where, "line": line_of(where), "reason": reason, "text": text})
+            self.side.write({"source": where, "line": line_of(where), "reason": reason, **extra})
 
 
 def _duplicates(keys: np.ndarray, lines: np.ndarray) -> np.ndarray:
