@@ -8,8 +8,8 @@ import torch
 
 from qzhou.losses import class_masked_infonce
 from qzhou.training.distributed import gather, gather_labels
-from qzhou.training.objectives.base import LossConfig, Objective, Role, pick_instruction, register
-from qzhou.training.objectives.retrieval import draw_documents
+from qzhou.training.objectives.base import LossConfig, Objective, Role, register
+from qzhou.training.objectives.retrieval import drawn_part
 
 
 def classification_loss(cfg: LossConfig, anchor, pos, neg, labels, neg_labels) -> torch.Tensor:
@@ -26,18 +26,16 @@ class Classification(Objective):
              Role("negative", "document", "passage"))
 
     def collate(self, records, instruction, part=None):
-        part = part or slice(None)
-        drawn = draw_documents(self.rng, records, self.cfg.hard_negatives)
+        mine = drawn_part(self.rng, records, self.cfg.hard_negatives, instruction, part)
         anchors, positives, negatives, neg_labels = [], [], [], []
-        for r, (positive, picks) in list(zip(records, drawn))[part]:
-            chosen = pick_instruction(r, instruction)
+        for r, positive, picks, chosen in mine:
             anchors.append(self.text("anchor", r["query"], chosen))
             positives.append(self.text("positive", positive, chosen))
             negatives.extend(self.text("negative", r["neg"][j], chosen) for j in picks)
             neg_labels.extend(r["neg_labels"][j] for j in picks)
         rows = {"anchor": self.tokenize("anchor", anchors), "positive": self.tokenize("positive", positives),
                 "negative": self.tokenize("negative", negatives)}
-        return rows, {"labels": torch.tensor([r["label"] for r in records[part]], dtype=torch.long),
+        return rows, {"labels": torch.tensor([r["label"] for r, *_ in mine], dtype=torch.long),
                       "neg_labels": torch.tensor(neg_labels, dtype=torch.long)}
 
     def loss(self, embeddings, labels):

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qzhou.training.objectives.base import Objective, Role, pick_instruction, register
-from qzhou.training.objectives.retrieval import draw_documents
+from qzhou.training.objectives.base import Objective, Role, register
+from qzhou.training.objectives.retrieval import drawn_part
 
 
 def pointwise_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -81,11 +81,8 @@ class PointwiseReranker(Objective):
         return "left", model.tokenizer.pad_token_id
 
     def collate(self, records, instruction, part=None):
-        part = part or slice(None)
-        drawn = draw_documents(self.rng, records, self.cfg.hard_negatives)
         positives, negatives, counts = [], [], []
-        for r, (positive, picks) in list(zip(records, drawn))[part]:
-            chosen = pick_instruction(r, instruction)
+        for r, positive, picks, chosen in drawn_part(self.rng, records, self.cfg.hard_negatives, instruction, part):
             positives.append(self.reranker.format_pairs([(r["query"], positive)], chosen, max_length=self.max_length)[0])
             negatives += self.reranker.format_pairs([(r["query"], r["neg"][j]) for j in picks], chosen,
                                                     max_length=self.max_length) if picks else []

@@ -13,15 +13,18 @@ from qzhou.training.distributed import gather, gather_labels
 from qzhou.training.objectives.base import LossConfig, Objective, Role, pick_instruction, register, text_key
 
 
-def draw_documents(rng: random.Random, records: list[dict[str, Any]], k: int) -> list[tuple[str, list[int]]]:
-    """(positive, indices of up to k negatives) per record, for all records in order: the draws a seed fixes."""
+def drawn_part(rng: random.Random, records: list[dict[str, Any]], k: int, instruction: str | list[str] | None,
+               part: slice | None) -> list[tuple[dict[str, Any], str, list[int], str | None]]:
+    """(record, positive, indices of up to k negatives, instruction) for the records in `part`. The documents are
+    drawn for every record of the batch, in order, whatever `part` is: the draws a seed fixes, so processes
+    together draw what one process would."""
     drawn = []
     for r in records:
         positive = rng.choice(r["pos"])
         picks = list(range(len(r.get("neg", []))))
         rng.shuffle(picks)
-        drawn.append((positive, picks[:k]))
-    return drawn
+        drawn.append((r, positive, picks[:k]))
+    return [(r, positive, picks, pick_instruction(r, instruction)) for r, positive, picks in drawn[part or slice(None)]]
 
 
 def retrieval_loss(cfg: LossConfig, q, pos, neg=None, pos_keys=None, neg_keys=None) -> torch.Tensor:
@@ -47,11 +50,8 @@ class Retrieval(Objective):
              Role("negative", "document", "passage"))
 
     def collate(self, records, instruction, part=None):
-        part = part or slice(None)
-        drawn = draw_documents(self.rng, records, self.cfg.hard_negatives)
         queries, positives, negatives = [], [], []
-        for r, (positive, picks) in list(zip(records, drawn))[part]:
-            chosen = pick_instruction(r, instruction)
+        for r, positive, picks, chosen in drawn_part(self.rng, records, self.cfg.hard_negatives, instruction, part):
             queries.append(self.text("query", r["query"], chosen))
             positives.append(self.text("positive", positive, chosen))
             negatives.extend(self.text("negative", r["neg"][j], chosen) for j in picks)
