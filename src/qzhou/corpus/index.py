@@ -121,10 +121,10 @@ class ShardIndex:
         return scores, idx.astype(np.int64)
 
     def exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over all shards, one shard in memory at a time."""
+        """Exact top-k over all shards, one shard in memory at a time (`queries` L2-normalised by the caller)."""
         best = (np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64))
         for start, _, emb in self._shards():
-            s, i = top_k(queries, normalize(emb), k)
+            s, i = top_k(queries, normalize(emb), k, metric="dot")  # both sides unit length: no second normalise
             best = merge_top_k(best, (s, i + start), k)
         return best
 
