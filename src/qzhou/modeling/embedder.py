@@ -217,17 +217,24 @@ class Embedder(nn.Module):
         Matryoshka truncation and normalisation (`pooling.finalize` does both, per caller). Pads by hand with the
         tokenizer's pad id and side, so it never touches the tokenizer another thread may be using."""
         self.backbone.eval()
-        width = max(len(x) for x in ids)
-        pad, left = self.tokenizer.pad_token_id, self.tokenizer.padding_side == "left"
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, x in enumerate(ids):
-            cols = slice(width - len(x), width) if left else slice(0, len(x))
-            input_ids[row, cols] = torch.tensor(list(x), dtype=torch.long)
-            mask[row, cols] = 1
+        input_ids, mask = pad_ids(ids, self.tokenizer.pad_token_id, left=self.tokenizer.padding_side == "left")
         mask = mask.to(self.device)
         hidden = self.backbone(input_ids=input_ids.to(self.device), attention_mask=mask).last_hidden_state
         return pool(hidden, mask, self.config.pooling).cpu()
+
+
+def pad_ids(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows padded to the longest with `pad_id`, on the left or the right -> (input_ids, attention_mask),
+    both (B, L) long on the CPU. Written by hand (not `tokenizer.pad`) so that a server thread can pad while
+    another tokenizes; `Embedder.pooled_ids` and `Reranker.pad` both use it."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        cols = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[j, cols] = torch.tensor(list(r), dtype=torch.long)
+        mask[j, cols] = 1
+    return ids, mask
 
 
 def _token_batches(order: list[int], lengths: list[int], batch_tokens: int, max_batch_size: int):

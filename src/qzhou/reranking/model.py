@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from qzhou.modeling import loading
-from qzhou.modeling.embedder import _token_batches
+from qzhou.modeling.embedder import _token_batches, pad_ids
 from qzhou.modeling.runtime import resolve_device, resolve_dtype
 from qzhou.reranking.template import RerankerConfig, token_id, tokenizer_renders_qwen3
 
@@ -157,13 +157,7 @@ class Reranker(nn.Module):
 
     def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad token-id rows on `padding_side` -> (input_ids, attention_mask) on the model's device."""
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            sl = slice(width - len(r), width) if self.padding_side == "left" else slice(0, len(r))
-            ids[j, sl] = torch.tensor(r, dtype=torch.long)
-            mask[j, sl] = 1
+        ids, mask = pad_ids(rows, self.tokenizer.pad_token_id, left=self.padding_side == "left")
         return ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
