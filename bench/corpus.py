@@ -79,10 +79,15 @@ def shard_rows(corpus: Path) -> int:
         return max(500, sum(1 for _ in f) // 20)
 
 
+def encode_cmd(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
+    """`qzhou encode ... --output OUT/` as every contender runs it (a fresh process)."""
+    return [sys.executable, "-m", "qzhou.cli", "encode", str(model), "--input", str(corpus), "--id-field", "id",
+            "--output", f"{out}/", "--dtype", "float32", "--shard-rows", str(shard_rows(corpus)), "--quiet", *extra]
+
+
 def run_encode(model: Path, corpus: Path, out: Path, *extra: str, env: dict | None = None) -> dict:
     """One CLI run in a fresh process: its summary's figures and the process's total wall time."""
-    cmd = [sys.executable, "-m", "qzhou.cli", "encode", str(model), "--input", str(corpus), "--id-field", "id",
-           "--output", f"{out}/", "--dtype", "float32", "--shard-rows", str(shard_rows(corpus)), "--quiet", *extra]
+    cmd = encode_cmd(model, corpus, out, *extra)
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
     if proc.returncode:
@@ -94,8 +99,7 @@ def run_encode(model: Path, corpus: Path, out: Path, *extra: str, env: dict | No
 
 def peak_rss(model: Path, corpus: Path, out: Path) -> dict:
     """Peak RSS of the one-process engine: the child's own ru_maxrss, read with wait4."""
-    cmd = [sys.executable, "-m", "qzhou.cli", "encode", str(model), "--input", str(corpus), "--id-field", "id",
-           "--output", f"{out}/", "--dtype", "float32", "--shard-rows", str(shard_rows(corpus)), "--quiet"]
+    cmd = encode_cmd(model, corpus, out)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             env={**os.environ, "TQDM_DISABLE": "1"})
     stdout = proc.stdout.read()
