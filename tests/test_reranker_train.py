@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 from reranker_support import write_causal
+from test_trainer import killed_and_resumed
 
 from qzhou import Reranker
-from qzhou.training import trainer as trainer_mod
 from qzhou.training.objectives.reranker import listwise_loss, pointwise_loss
 from qzhou.training.recipe import load_recipe
 from qzhou.training.trainer import train
@@ -122,19 +122,7 @@ def test_training_lowers_the_loss(tmp_path, base, task):
 
 def test_exact_resume_after_interruption(tmp_path, base, monkeypatch):
     expected = weights(train(load_recipe(recipe(tmp_path / "a", base, checkpoint_every=4))))
-    path_b = recipe(tmp_path / "b", base, checkpoint_every=4)
-    real = trainer_mod.write_checkpoint
-
-    def interrupt(accelerator, model, stage_dir, step, *args, **kwargs):
-        real(accelerator, model, stage_dir, step, *args, **kwargs)
-        if step == 4:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(trainer_mod, "write_checkpoint", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(load_recipe(path_b))
-    monkeypatch.setattr(trainer_mod, "write_checkpoint", real)
-    resumed = weights(train(load_recipe(path_b)))
+    resumed = weights(killed_and_resumed(recipe(tmp_path / "b", base, checkpoint_every=4), monkeypatch, "stage1", 4))
     assert not torch.allclose(expected, weights(base), atol=1e-4)  # training moved the weights
     assert torch.allclose(resumed, expected, atol=1e-6)
 

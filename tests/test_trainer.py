@@ -58,6 +58,23 @@ def weights(folder: Path) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in e.backbone.parameters()])
 
 
+def killed_and_resumed(path: Path, monkeypatch, stage: str, step: int) -> Path:
+    """Train the recipe, killed right after `stage` wrote its checkpoint at `step`, then rerun the same command;
+    -> the resumed run's final folder."""
+    real = trainer_mod.write_checkpoint
+
+    def interrupt(accelerator, model, stage_dir, at, *args, **kwargs):
+        real(accelerator, model, stage_dir, at, *args, **kwargs)
+        if stage_dir.name == stage and at == step:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(trainer_mod, "write_checkpoint", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe(path))
+    monkeypatch.setattr(trainer_mod, "write_checkpoint", real)
+    return train(load_recipe(path))
+
+
 def test_two_stages_and_outputs(tmp_path, base_dirs):
     path = recipe(tmp_path, base_dirs["llama"], chunk_size=2)
     assert main(["train", str(path)]) == 0
@@ -81,18 +98,7 @@ def test_exact_resume_after_interruption(tmp_path, base_dirs, monkeypatch):
     expected = weights(straight)
 
     path_b = recipe(tmp_path / "b", base_dirs["qwen2"], checkpoint_every=2)
-    real = trainer_mod.write_checkpoint
-
-    def interrupt(accelerator, model, stage_dir, step, *args, **kwargs):
-        real(accelerator, model, stage_dir, step, *args, **kwargs)
-        if stage_dir.name == "stage2" and step == 2:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(trainer_mod, "write_checkpoint", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(load_recipe(path_b))
-    monkeypatch.setattr(trainer_mod, "write_checkpoint", real)
-    resumed = train(load_recipe(path_b))
+    resumed = killed_and_resumed(path_b, monkeypatch, "stage2", 2)
     assert torch.allclose(weights(resumed), expected, atol=1e-6)
 
 
@@ -174,18 +180,7 @@ def test_lora_resume_and_unmerged_adapter(tmp_path, base_dirs, monkeypatch):
     lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "merge_on_save": False}
     straight = train(load_recipe(recipe(tmp_path / "a", base_dirs["qwen3"], lora=lora, checkpoint_every=2)))
     path_b = recipe(tmp_path / "b", base_dirs["qwen3"], lora=lora, checkpoint_every=2)
-    real = trainer_mod.write_checkpoint
-
-    def interrupt(accelerator, model, stage_dir, step, *args, **kwargs):
-        real(accelerator, model, stage_dir, step, *args, **kwargs)
-        if stage_dir.name == "stage2" and step == 4:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(trainer_mod, "write_checkpoint", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(load_recipe(path_b))
-    monkeypatch.setattr(trainer_mod, "write_checkpoint", real)
-    resumed = train(load_recipe(path_b))
+    resumed = killed_and_resumed(path_b, monkeypatch, "stage2", 4)
     a, b = (load_file(str(f / "adapter_model.safetensors")) for f in (straight, resumed))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     stage1 = load_file(str(tmp_path / "a" / "out" / "stage1" / "final" / "adapter_model.safetensors"))
