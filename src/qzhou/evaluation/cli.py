@@ -99,6 +99,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
     if not a.tasks and not a.mteb:
         raise ValueError("nothing to evaluate: add --tasks suite (the built-in suite), --tasks FILE.yaml, "
                          "or --mteb 'MTEB(eng, v2)'")
+    if a.rerank and a.mteb:
+        raise ValueError("--rerank evaluates local tasks (--tasks); run --mteb without --rerank")
     from qzhou import Embedder
     from qzhou.evaluation.report import Results, markdown
     from qzhou.evaluation.runner import evaluate

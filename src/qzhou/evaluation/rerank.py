@@ -141,11 +141,10 @@ def save_rerank_report(first: Results, reranked: Results, out: str | Path) -> di
 
 
 def run_cli(a: Any, embedder: Any, out: Path) -> None:
-    """`qzhou eval EMBEDDER --rerank RERANKER --rerank-top-k K --tasks ...` (called by `evaluation.cli`)."""
+    """`qzhou eval EMBEDDER --rerank RERANKER --rerank-top-k K --tasks ...` (called by `evaluation.cli`, which
+    has checked the flags before loading the embedder)."""
     from qzhou import Reranker
 
-    if a.mteb:
-        raise ValueError("--rerank evaluates local tasks (--tasks); run --mteb without --rerank")
     reranker = Reranker.load(a.rerank, dtype=a.dtype, device=a.device)
     first, reranked = evaluate_rerank(embedder, reranker, a.tasks, a.rules, top_k=a.rerank_top_k,
                                       data_root=a.data_root, runs_dir=a.first_stage_runs or out / "runs",
