@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from functools import partial
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from qzhou.training.engines import most_forwards
 from qzhou.training.objectives import LossConfig, classification_loss, retrieval_loss, sts_loss
 from qzhou.training.packing import Engine, Packing, pack_and_embed
 
@@ -71,12 +73,6 @@ MODES = {"plain": Packing(merge=False), "merged": Packing(), "gradcache": Packin
          "gradcache-merged": Packing(chunk_size=3)}
 
 
-def most_forwards(n: int) -> int:
-    count = torch.tensor([n])
-    dist.all_reduce(count, op=dist.ReduceOp.MAX)
-    return int(count)
-
-
 def main():
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -87,7 +83,7 @@ def main():
     for mode, packing in MODES.items():
         for name, (roles, fn) in objectives(cfg).items():
             net.zero_grad()
-            engine = Engine(no_sync=net.no_sync, keep_last=False, most_forwards=most_forwards)
+            engine = Engine(no_sync=net.no_sync, keep_last=False, most_forwards=partial(most_forwards, "cpu"))
             batch = pack_and_embed({r: d[r] for r in roles}, net, packing, engine)
             loss = fn(*batch.embeddings.values(), d)
             batch.backward(loss)
