@@ -186,6 +186,16 @@ def test_bad_data_names_file_line_and_field(tmp_path, data, yaml_text, match):
         load_task(load_spec(write(tmp_path, yaml_text)))
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_csv_errors_name_the_first_line_of_a_record(tmp_path, encoding):
+    """A bad record whose quoted field spans lines 3-4 is named by line 3, in either reader."""
+    (tmp_path / "d.csv").write_bytes('s1,s2,score\na,b,1\n"caf\u00e9\nau lait",d\n'.encode(encoding))
+    yaml_text = (f"name: X\ntype: STS\ndata: {{path: d.csv, encoding: {encoding}, columns: {{text1: s1, text2: s2, "
+                 "score: score}}\n")
+    with pytest.raises(ValueError, match=r"d.csv:3: field 'score' wants column 2 but the row has 2 column\(s\)"):
+        load_task(load_spec(write(tmp_path, yaml_text)))
+
+
 def test_retrieval_ids_must_match_and_be_unique(tmp_path):
     (tmp_path / "q.tsv").write_text("1\tcat\n2\tdog\n")
     (tmp_path / "c.tsv").write_text("a\tthe cat\nb\tthe dog\n")

@@ -118,8 +118,7 @@ def _records(fmt: str, src: Source, path: Path) -> Iterator[tuple[int, list[str]
         if _utf8(src):
             records = csv_records(path, src.delimiter or ",")
         else:
-            reader = csv.reader(io.StringIO(_text(src, path), newline=""), delimiter=src.delimiter or ",")
-            records = ((reader.line_num, fields) for fields in reader)
+            records = _csv_text_records(_text(src, path), src.delimiter or ",")
         for start, fields in records:
             if any(f.strip() for f in fields):
                 yield start, fields
@@ -128,6 +127,16 @@ def _records(fmt: str, src: Source, path: Path) -> Iterator[tuple[int, list[str]
     for n, line in _lines(src, path):
         if line.strip():
             yield n, (line.split(sep) if sep is not None else line.split())
+
+
+def _csv_text_records(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, fields) per CSV record of a decoded text, numbered as `csv_records` numbers UTF-8 files
+    (the reader's line_num is a record's last line, which differs where a quoted field spans lines)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    end = 0
+    for fields in reader:
+        start, end = end + 1, reader.line_num
+        yield start, fields
 
 
 def _smart(src: Source, path: Path, lines: Iterator[tuple[int, str]]) -> list[Row]:
