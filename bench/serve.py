@@ -28,8 +28,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import argparse
 import asyncio
 import json
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,30 +67,6 @@ def naive_server(folder: str, port: int, threads: int | None) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(cmd: list[str], port: int) -> subprocess.Popen:
-    import httpx2
-
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{' '.join(cmd)}: exited with {proc.returncode}")
-        try:
-            if httpx2.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"{' '.join(cmd)}: not healthy after 300 s")
-
-
 async def load(url: str, texts: list[str], concurrency: int) -> tuple[float, list[float], list[np.ndarray]]:
     """`concurrency` clients, each sending the next sentence as soon as its previous answer came back."""
     import httpx2
@@ -116,13 +90,9 @@ async def load(url: str, texts: list[str], concurrency: int) -> tuple[float, lis
     return wall, latencies, vectors
 
 
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process and its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(name: str, url: str, pid: int, texts: list[str], levels: list[int], offline: np.ndarray) -> list[dict]:
+    from synth import cpu_seconds  # the server process's CPU time (/proc), as bench/synth.py measures it
+
     asyncio.run(load(url, texts[:16], 4))  # warm-up
     rows = []
     for c in levels:
@@ -175,6 +145,7 @@ def run(a: argparse.Namespace) -> dict:
 
     from qzhou import Embedder
     from qzhou.default_model import smollm2_folder
+    from qzhou.serving.launch import free_port, start_server
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -196,11 +167,12 @@ def run(a: argparse.Namespace) -> dict:
                              "--log-level", "warning", *threads]),
             ("naive", [sys.executable, __file__, "--naive-server", folder, "{port}", *threads]),
         ):
-            port = _free_port()
+            port = free_port()
             cmd = [c.replace("{port}", str(port)) for c in cmd] + ([] if name == "naive" else ["--port", str(port)])
-            proc = start(cmd, port)
+            url = f"http://127.0.0.1:{port}"
+            proc = start_server(cmd, url, timeout=300)
             try:
-                rows += measure(name, f"http://127.0.0.1:{port}", proc.pid, texts, levels, offline)
+                rows += measure(name, url, proc.pid, texts, levels, offline)
             finally:
                 proc.terminate()
                 proc.wait(60)

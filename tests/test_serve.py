@@ -13,10 +13,8 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,35 +30,15 @@ LIMITS = ["--threads", "1", "--payload-limit", "60000", "--max-queue", "256", "-
           "--max-batch-tokens", "2048"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(folder: Path, *flags: str, sleep: float) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    from qzhou.serving.launch import free_port, start_server
+
+    port = free_port()
     env = {**os.environ, "QZHOU_TEST_KEY": KEY, "QZHOU_TEST_SLEEP": str(sleep), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, __file__, str(folder), "--port", str(port), "--dtype", "float32", "--log-level",
            "warning", "--api-key-env", "QZHOU_TEST_KEY", *flags]
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    import httpx2
-
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read()[-4000:]}")
-        try:
-            if httpx2.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become healthy in 180 s")
+    return start_server(cmd, url, env), url
 
 
 def _stop(proc: subprocess.Popen) -> None:

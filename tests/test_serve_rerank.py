@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,27 +38,14 @@ def reranker(folder):
 
 @pytest.fixture(scope="module")
 def server(folder):
-    import httpx2
+    from qzhou.serving.launch import free_port, start_server
 
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tempfile.TemporaryFile("w+")
+    port = free_port()
     cmd = [sys.executable, "-m", "qzhou.cli", "serve", "--reranker", str(folder), "--port", str(port), "--dtype",
            "float32", "--threads", "1", "--max-client-batch", "8", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    proc = start_server(cmd, url, {**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                raise RuntimeError(f"the rerank server did not start:\n{log.read()[-4000:]}")
-            try:
-                if httpx2.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.2)
         yield url
     finally:
         proc.terminate()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import threading
 import time
 import urllib.request
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from qzhou.serving.launch import free_port
 
 SAMPLE = ["What is the capital of France?", "Paris is the capital and largest city of France.",
           "The quick brown fox jumps over the lazy dog.", "a", "Embeddings map text to vectors; similar texts land "
@@ -57,12 +58,6 @@ def _vectors(resp: dict) -> np.ndarray:
                      else np.asarray(d["embedding"], np.float32) for d in rows])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class InProcessServer:
     """A qzhou server for `embedder` and / or `reranker` on 127.0.0.1 in a background thread (the check's
     default)."""
@@ -78,7 +73,7 @@ class InProcessServer:
         state = ServerState(embed=None if embedder is None else EmbedService(embedder, Limits()),
                             rerank=None if reranker is None else RerankService(reranker, Limits()),
                             model_name="parity", reranker_name="parity-reranker")
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=self.port,
                                                     log_level="warning"))
