@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,6 @@ class WorkerStats:
     shards: int = 0
     seconds: float = 0.0
     real_tokens: int = 0
-    shard_names: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         rate = self.rows / self.seconds if self.seconds > 0 else None
@@ -69,7 +68,6 @@ def encode_one(embedder, shard: Shard, ids: list[str], texts: list[str], out: Pa
     stats.rows += shard.rows
     stats.shards += 1
     stats.real_tokens += real
-    stats.shard_names.append(shard.name)
 
 
 def encode_shards(embedder, files: dict[str, InputFile], shards: list[Shard], out: Path, s: EncodeSettings,
