@@ -64,6 +64,12 @@ def pick_instruction(record: dict[str, Any], instruction: str | list[str] | None
     return chosen
 
 
+def activation_checkpointing(model) -> None:
+    """Gradient checkpointing on a transformers model (transformers 5 renames it activation checkpointing and
+    deprecates the old name)."""
+    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+
+
 def build_embedder(cfg, source: str, first_stage: bool):
     """The Embedder a stage trains: attention / pooling / layer cut on the first stage (later stages load the
     previous stage's folder, already set), gradient checkpointing and LoRA from the recipe."""
@@ -73,8 +79,8 @@ def build_embedder(cfg, source: str, first_stage: bool):
     e = Embedder.load(source, dtype="float32", device="cpu", **{k: v for k, v in kwargs.items() if v})
     if first_stage and cfg.model.layers and cfg.model.layers != e.backbone.config.num_hidden_layers:
         e.keep_layers(cfg.model.layers)  # (a resumed first stage loads its checkpoint: already cut)
-    if cfg.model.gradient_checkpointing:  # (transformers 5 renames it activation checkpointing)
-        getattr(e.backbone, "activation_checkpointing_enable", e.backbone.gradient_checkpointing_enable)()
+    if cfg.model.gradient_checkpointing:
+        activation_checkpointing(e.backbone)
     if cfg.lora is not None:
         from peft import LoraConfig, get_peft_model
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qzhou.training.objectives.base import Objective, Role, register
+from qzhou.training.objectives.base import Objective, Role, activation_checkpointing, register
 from qzhou.training.objectives.retrieval import drawn_part
 
 
@@ -54,7 +54,7 @@ def build_reranker(cfg, source: str, first: bool):
                          "Embedder); train the reranker in full (remove `lora:` from the recipe)")
     r = Reranker.load(source, dtype="float32", device="cpu")
     if cfg.model.gradient_checkpointing:
-        r.model.gradient_checkpointing_enable()
+        activation_checkpointing(r.model)
     return r
 
 
