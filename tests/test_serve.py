@@ -325,6 +325,19 @@ def test_serve_flag_errors_name_the_flag(capsys):
     assert "QZHOU_SURELY_UNSET_VAR" in capsys.readouterr().err
 
 
+def test_dimensions_flag_within_the_hidden_size(folder, embedder):
+    import argparse
+
+    from qzhou.serving.cli import add_serve_args, build_state
+
+    p = argparse.ArgumentParser()
+    add_serve_args(p)
+    with pytest.raises(ValueError, match=f"--dimensions 16,99999: .* hidden size {embedder.hidden_size}"):
+        build_state(p.parse_args([str(folder), "--dimensions", "16,99999"]), embedder=embedder)
+    state = build_state(p.parse_args([str(folder), "--dimensions", "32,16"]), embedder=embedder)
+    assert state.embed.dimensions == [16, 32]
+
+
 def _fault_server(argv: list[str]) -> None:
     """`qzhou serve` with the two faults injected into the model call (see the module docstring)."""
     import argparse

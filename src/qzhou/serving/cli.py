@@ -91,10 +91,11 @@ def build_state(a: argparse.Namespace, embedder: Any = None, reranker: Any = Non
 
             embedder = Embedder.load(a.model, dtype=a.dtype, device=a.device)
         dims = parse_dimensions(a.dimensions)
+        if dims and not 1 <= dims[0] <= dims[-1] <= embedder.hidden_size:
+            raise ValueError(f"--dimensions {a.dimensions}: every size must be between 1 and the model's hidden size "
+                             f"{embedder.hidden_size}")
         state.embed = EmbedService(embedder, limits, state.metrics, a.rules, dims, a.max_client_batch)
         state.model_name = a.served_model_name or Path(str(a.model).rstrip("/")).name
-        if dims:
-            state.embed.check_dimensions(max(dims))
     if a.reranker is not None:
         from qzhou.serving.rerank import RerankService
 
