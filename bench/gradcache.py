@@ -70,7 +70,7 @@ def setup(args, folder: Path, batch: int):
     import torch
 
     from qzhou import Embedder
-    from qzhou.training.objectives import LossConfig, retrieval_loss
+    from qzhou.training.objectives import LossConfig, Objective, retrieval_loss
     from qzhou.training.packing import Engine, Packing, pack_and_embed
 
     model = Embedder.load(folder, attention="bidirectional", pooling="mean", dtype="float32", device=args.device)
@@ -85,7 +85,7 @@ def setup(args, folder: Path, batch: int):
         roles[role] = model.tokenizer(texts, truncation=True, max_length=args.length)["input_ids"]
     cfg = LossConfig(tau=0.05)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    side, pad_id = model.config.padding_side, model.tokenizer.pad_token_id or 0
+    side, pad_id = Objective.padding(model)
     engine = Engine(device=model.device)
 
     def run(mode: str, chunk: int) -> tuple[float, float]:
