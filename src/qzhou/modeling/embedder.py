@@ -3,7 +3,7 @@ backbone + attention mode + pooling + normalisation + instruction template."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,23 +170,16 @@ class Embedder(nn.Module):
             raise ValueError(f"dim must be between 1 and the hidden size {self.hidden_size} (got {dim})")
         ids = self.tokenize(texts, prompt_name=prompt_name, instruction=instruction)
         self.backbone.eval()
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        out = torch.empty(len(ids), dim or self.hidden_size, dtype=torch.float32)
-        real = computed = 0
-        from tqdm.auto import tqdm
+        left = self.tokenizer.padding_side == "left"
 
-        bar = tqdm(total=len(ids), desc="encode", unit="text",
-                   disable=not (show_progress if show_progress is not None else len(ids) >= 2000))
-        for batch in _token_batches(order, [len(x) for x in ids], batch_tokens, max_batch_size):
-            feats = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, padding=True, return_tensors="pt")
-            mask = feats["attention_mask"].to(self.device)
-            emb = self(feats["input_ids"].to(self.device), mask, dim)
-            out[torch.tensor(batch)] = emb.cpu()
-            real += int(mask.sum())
-            computed += mask.numel()
-            bar.update(len(batch))
-        bar.close()
-        self.last_stats = {"real_tokens": real, "computed_tokens": computed}
+        def run(rows: list[Sequence[int]]) -> torch.Tensor:
+            input_ids, mask = pad_ids(rows, self.tokenizer.pad_token_id, left=left)
+            return self(input_ids.to(self.device), mask.to(self.device), dim)
+
+        show = show_progress if show_progress is not None else len(ids) >= 2000
+        out, self.last_stats = forward_in_batches(ids, run, dim or self.hidden_size, batch_tokens=batch_tokens,
+                                                  max_batch_size=max_batch_size, desc="encode", unit="text",
+                                                  show_progress=show)
         result = out[0] if single else out
         return result.numpy() if convert_to == "numpy" else result
 
@@ -235,6 +228,28 @@ def pad_ids(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool) -> tuple[
         ids[j, cols] = torch.tensor(list(r), dtype=torch.long)
         mask[j, cols] = 1
     return ids, mask
+
+
+def forward_in_batches(ids: Sequence[Sequence[int]], run: Callable[[list[Sequence[int]]], torch.Tensor], width: int, *,
+                       batch_tokens: int, max_batch_size: int, desc: str, unit: str,
+                       show_progress: bool) -> tuple[torch.Tensor, dict[str, int]]:
+    """(N, width) float32 CPU rows of `run(token-id rows)` in input order, and the token counts (real, and computed
+    = real + padding). Rows are sorted longest first (so memory peaks at once) and packed into batches of at most
+    `batch_tokens` padded tokens (`_token_batches`). The loop of `Embedder.encode` and `Reranker.score`."""
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    lengths = [len(x) for x in ids]
+    out = torch.empty(len(ids), width, dtype=torch.float32)
+    real = computed = 0
+    bar = tqdm(total=len(ids), desc=desc, unit=unit, disable=not show_progress)
+    for batch in _token_batches(order, lengths, batch_tokens, max_batch_size):
+        out[torch.tensor(batch)] = run([ids[i] for i in batch]).cpu()
+        real += sum(lengths[i] for i in batch)
+        computed += len(batch) * max(lengths[i] for i in batch)
+        bar.update(len(batch))
+    bar.close()
+    return out, {"real_tokens": real, "computed_tokens": computed}
 
 
 def _token_batches(order: list[int], lengths: list[int], batch_tokens: int, max_batch_size: int):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from qzhou.modeling import loading
-from qzhou.modeling.embedder import _token_batches, pad_ids
+from qzhou.modeling.embedder import forward_in_batches, pad_ids
 from qzhou.modeling.runtime import resolve_device, resolve_dtype
 from qzhou.reranking.template import RerankerConfig, token_id, tokenizer_renders_qwen3
 
@@ -167,27 +167,16 @@ class Reranker(nn.Module):
         z_yes - z_no (p = sigmoid(log-odds)). Prompts are sorted by length (longest first, so memory peaks at
         once) and packed into batches of at most `batch_tokens` padded tokens: memory stays flat however many
         documents there are."""
-        from tqdm.auto import tqdm
-
         if batch_tokens < 1:
             raise ValueError(f"batch_tokens must be positive (got {batch_tokens})")
         self.model.eval()
         ids = self.format_pairs(pairs, instruction)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        out = torch.empty(len(ids), 2, dtype=torch.float32)
-        real = computed = 0
-        bar = tqdm(total=len(ids), desc="rerank", unit="pair", disable=not show_progress)
-        for batch in _token_batches(order, [len(x) for x in ids], batch_tokens, MAX_BATCH_SIZE):
-            input_ids, mask = self.pad([ids[i] for i in batch])
-            out[torch.tensor(batch)] = self(input_ids, mask).cpu()
-            real += int(mask.sum())
-            computed += mask.numel()
-            bar.update(len(batch))
-        bar.close()
-        self.last_stats = {"real_tokens": real, "computed_tokens": computed}
-        log_odds = (out[:, 1] - out[:, 0]).numpy()
-        p_yes = torch.sigmoid(out[:, 1] - out[:, 0]).numpy()
-        return (p_yes, log_odds) if return_logits else p_yes
+        out, self.last_stats = forward_in_batches(ids, lambda rows: self(*self.pad(rows)), 2,
+                                                  batch_tokens=batch_tokens, max_batch_size=MAX_BATCH_SIZE,
+                                                  desc="rerank", unit="pair", show_progress=show_progress)
+        log_odds = out[:, 1] - out[:, 0]
+        p_yes = torch.sigmoid(log_odds).numpy()
+        return (p_yes, log_odds.numpy()) if return_logits else p_yes
 
     def rank(self, query: str, docs: Sequence[str], *, top_k: int | None = None, instruction: str | None = None,
              batch_tokens: int = 16384, show_progress: bool = False) -> list[dict[str, Any]]:
