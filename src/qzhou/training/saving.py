@@ -181,15 +181,6 @@ def load_adapter(model, file: Path) -> None:
     set_peft_model_state_dict(model.backbone, state)
 
 
-def base_model(cfg) -> str:
-    """The recipe's base model folder ("default": the bundled SmolLM2-135M)."""
-    if cfg.model.base == "default":
-        from qzhou.default_model import smollm2_folder
-
-        return str(smollm2_folder())
-    return cfg.model.base
-
-
 def build_model(cfg, kinds: list, source: str, resume: Path | None, first_stage: bool):
     """The module the stage trains, from its objectives' `build_model` hook (they must agree), at the newest
     checkpoint's weights when resuming."""
@@ -198,7 +189,7 @@ def build_model(cfg, kinds: list, source: str, resume: Path | None, first_stage:
         raise ValueError(f"the stage's tasks {[k.task for k in kinds]} train different models; split the stage")
     previous = Path(source) if cfg.lora is not None and (Path(source) / "adapter_config.json").is_file() else None
     if previous:  # the previous stage saved its adapter alone (merge_on_save false): this stage trains that adapter
-        source, first_stage = base_model(cfg), True  # on the recipe's base, which every adapter folder applies to
+        source, first_stage = cfg.model.base, True  # on the recipe's base, which every adapter folder applies to
     model = kinds[0].build_model(cfg, str(resume / "model") if resume and cfg.lora is None else source, first_stage)
     if cfg.lora is not None and (resume or previous):
         load_adapter(model, resume / "adapter.pt" if resume else previous / "adapter_model.safetensors")

@@ -32,7 +32,6 @@ from qzhou.training.objectives import objective_for
 from qzhou.training.packing import Packing, pack_and_embed
 from qzhou.training.recipe import StageSpec, TrainConfig
 from qzhou.training.saving import (
-    base_model,
     build_model,
     gathered_state,
     latest_checkpoint,
@@ -178,7 +177,7 @@ def train(cfg: TrainConfig) -> Path:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    source = base_model(cfg)
+    source = cfg.model.base  # a folder, hub id, .gguf or "default": the loaders resolve it (loading.resolve_source)
     for i, stage in enumerate(cfg.stages):
         stage_dir = cfg.output_dir / stage.name
         if (stage_dir / "DONE").is_file():  # finished earlier: a rerun continues with the next stage
