@@ -26,9 +26,21 @@ _LEGACY = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "m
            "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
 
 
-def _write(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def save_tokenizer(tokenizer, folder: Path, padding_side: str, max_length: int) -> None:
+    """`save_pretrained` with the padding side and max length written into tokenizer_config.json: transformers 5
+    leaves padding_side out, and readers (sentence-transformers, TEI, vLLM) need it. Embedders and rerankers."""
+    tokenizer.model_max_length = max_length
+    tokenizer.save_pretrained(folder)
+    path = folder / "tokenizer_config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.update(padding_side=padding_side, model_max_length=max_length)
+    data.pop("local_files_only", None)
+    write_json(path, data)
 
 
 def save_folder(folder: str | Path, backbone, tokenizer, config: EmbedderConfig, state_dict=None) -> Path:
@@ -38,32 +50,26 @@ def save_folder(folder: str | Path, backbone, tokenizer, config: EmbedderConfig,
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.model_max_length = config.max_length
     backbone.save_pretrained(folder, state_dict=state_dict)
-    tokenizer.save_pretrained(folder)
-    tok_cfg = folder / "tokenizer_config.json"  # transformers 5 does not write padding_side; readers need it
-    data = json.loads(tok_cfg.read_text(encoding="utf-8"))
-    data["padding_side"] = config.padding_side
-    data.pop("local_files_only", None)
-    _write(tok_cfg, data)
+    save_tokenizer(tokenizer, folder, config.padding_side, config.max_length)
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]
     if config.normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        _write(folder / "2_Normalize" / "config.json", {})
-    _write(folder / "modules.json", modules)
-    _write(folder / "sentence_bert_config.json", {"max_seq_length": config.max_length, "do_lower_case": False})
+        write_json(folder / "2_Normalize" / "config.json", {})
+    write_json(folder / "modules.json", modules)
+    write_json(folder / "sentence_bert_config.json", {"max_seq_length": config.max_length, "do_lower_case": False})
     mode = _ST_MODE[config.pooling]
     pooling = {"word_embedding_dimension": backbone.config.hidden_size}
     pooling.update({key: name == mode for name, key in _LEGACY.items()})
     pooling["include_prompt"] = True
-    _write(folder / "1_Pooling" / "config.json", pooling)
+    write_json(folder / "1_Pooling" / "config.json", pooling)
     if config.query_suffix():
         log.warning("query_template %r has text after {q}; sentence-transformers prompts are prefixes only, "
                     "so SentenceTransformer(path) will not add it", config.query_template)
-    _write(folder / "config_sentence_transformers.json", {
+    write_json(folder / "config_sentence_transformers.json", {
         "__version__": {"sentence_transformers": sentence_transformers.__version__,
                         "transformers": transformers.__version__, "pytorch": torch.__version__},
         "model_type": "SentenceTransformer",

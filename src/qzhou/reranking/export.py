@@ -16,38 +16,25 @@ the output layer (so sigmoid(logit) = p(yes)), plus `qwen3_reranker.jinja` for v
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from qzhou.modeling.st_format import save_tokenizer, write_json
 from qzhou.reranking.template import chat_template
 
 VLLM_TEMPLATE = "qwen3_reranker.jinja"
 
 
-def _write(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def _save_tokenizer(reranker, folder: Path) -> None:
-    """The tokenizer with the reranker prompt as its chat template, left padding and max length written down
-    (transformers 5 leaves padding_side out of tokenizer_config.json; readers need it)."""
+    """The tokenizer with the reranker prompt as its chat template, left padding and max length written down."""
     tok = reranker.tokenizer
     old = getattr(tok, "chat_template", None)
     tok.chat_template = chat_template(reranker.config)
     try:
-        tok.model_max_length = reranker.max_length
-        tok.save_pretrained(folder)
+        save_tokenizer(tok, folder, "left", reranker.max_length)
     finally:
         tok.chat_template = old
-    path = folder / "tokenizer_config.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data.update(padding_side="left", model_max_length=reranker.max_length)
-    data.pop("local_files_only", None)
-    _write(path, data)
 
 
 def save_cross_encoder(reranker, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
@@ -60,21 +47,21 @@ def save_cross_encoder(reranker, folder: str | Path, state_dict: dict[str, torch
         state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
     reranker.model.save_pretrained(folder, state_dict=state_dict)
     _save_tokenizer(reranker, folder)
-    _write(folder / "modules.json", [
+    write_json(folder / "modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
         {"idx": 1, "name": "1", "path": "1_LogitScore",
          "type": "sentence_transformers.cross_encoder.modules.logit_score.LogitScore"},
     ])
     logits = {"method": "forward", "method_output_name": "logits"}
-    _write(folder / "sentence_bert_config.json", {
+    write_json(folder / "sentence_bert_config.json", {
         "transformer_task": "text-generation",
         "modality_config": {"text": logits, "message": {**logits, "format": "flat"}},
         "module_output_name": "causal_logits",
         "max_seq_length": reranker.max_length,
     })
-    _write(folder / "1_LogitScore" / "config.json", {
+    write_json(folder / "1_LogitScore" / "config.json", {
         "true_token_id": reranker.yes_id, "false_token_id": reranker.no_id, "module_input_name": "causal_logits"})
-    _write(folder / "config_sentence_transformers.json", {
+    write_json(folder / "config_sentence_transformers.json", {
         "__version__": {"sentence_transformers": sentence_transformers.__version__,
                         "transformers": transformers.__version__, "pytorch": torch.__version__},
         "model_type": "CrossEncoder",
