@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from qzhou.modeling.embedder import pad_ids
+
 RUN_OVERHEAD_TOKENS = 64  # what one more forward costs, in tokens, when rows are grouped by length
 
 
@@ -134,15 +136,9 @@ def plan_forwards(lengths_by_role: list[list[int]], packing: Packing) -> list[li
 
 
 def pad(rows: list[list[int]], side: str, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of token ids -> (input_ids, attention_mask), padded once, on `side`, to the longest row."""
-    width = max(1, *(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        cols = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        ids[i, cols] = torch.tensor(row, dtype=torch.long)
-        mask[i, cols] = 1
-    return ids, mask
+    """Rows of token ids -> (input_ids, attention_mask), padded once, on `side`, to the longest row (the padder
+    encode and score use, `modeling.embedder.pad_ids`)."""
+    return pad_ids(rows, pad_id, left=side == "left")
 
 
 class PackedBatch:
