@@ -81,6 +81,15 @@ def test_truncation_to_max_length(base_dirs):
     assert ids[-1] == e.tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
 
+def test_encode_counts_truncated_texts_in_its_one_tokenizer_pass(base_dirs):
+    e = Embedder.load(base_dirs["qwen3"], dtype="float32", max_length=8)
+    texts = [" ".join(["the cat"] * 40), "the", "a b c d e f g", "the dog runs over the red car and the fox"]
+    untruncated = e.tokenizer(texts)["input_ids"]  # the reference: a second pass without truncation
+    e.encode(texts)
+    assert e.last_stats["truncated"] == sum(len(x) > 8 for x in untruncated) == 2
+    assert e.tokenize(texts) == e.tokenizer(texts, truncation=True, max_length=8)["input_ids"]
+
+
 def test_bfloat16_close_to_float32(base_dirs):
     e32 = Embedder.load(base_dirs["qwen2"], dtype="float32", attention="bidirectional", pooling="mean")
     e16 = Embedder.load(base_dirs["qwen2"], dtype="bfloat16", attention="bidirectional", pooling="mean")

@@ -70,13 +70,13 @@ def cmd_encode(a: argparse.Namespace) -> None:
     from qzhou import Embedder
 
     e = Embedder.load(a.model, dtype=a.dtype, device=a.device)
-    truncated = count_truncated(e, inputs.texts, a.prompt_name, a.instruction)
     emb = e.encode(inputs.texts, prompt_name=a.prompt_name, instruction=a.instruction, dim=a.dim,
                    batch_tokens=a.batch_tokens, show_progress=not a.quiet)
     parquet = Path(a.output).suffix.lower() == ".parquet"
     write_embeddings(a.output, emb, inputs.texts if parquet else None, inputs.ids if parquet else None)
     print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {a.output}"
           + (f" (ids from field {inputs.id_field!r})" if parquet and inputs.ids else ""), file=sys.stderr)
+    truncated = e.last_stats["truncated"]  # counted by encode's own tokenizer pass
     if truncated:
         print(f"warning: {truncated} of {len(inputs.texts)} texts were longer than the model's "
               f"{e.config.max_length} tokens and were truncated", file=sys.stderr)
@@ -93,13 +93,6 @@ def check_dim(model: str, dim: int | None) -> None:
     hidden = raw.get("hidden_size") or raw.get("d_model") or (raw.get("text_config") or {}).get("hidden_size")
     if dim < 1 or (hidden and dim > hidden):
         raise ValueError(f"--dim {dim}: must be between 1 and the model's hidden size {hidden or '?'}")
-
-
-def count_truncated(embedder, texts: list[str], prompt_name: str | None, instruction: str | None) -> int:
-    """How many texts (as formatted for the model) have more tokens than its max_length."""
-    limit = embedder.config.max_length
-    formatted = embedder.format(texts, prompt_name, instruction)
-    return sum(len(ids) > limit for ids in embedder.tokenizer(formatted, truncation=False)["input_ids"])
 
 
 def cmd_info(a: argparse.Namespace) -> None:

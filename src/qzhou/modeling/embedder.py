@@ -168,7 +168,7 @@ class Embedder(nn.Module):
         texts = [texts] if single else list(texts)
         if dim is not None and not 1 <= dim <= self.hidden_size:
             raise ValueError(f"dim must be between 1 and the hidden size {self.hidden_size} (got {dim})")
-        ids = self.tokenize(texts, prompt_name=prompt_name, instruction=instruction)
+        ids, truncated = self._tokenize(texts, prompt_name, instruction)
         self.backbone.eval()
         left = self.tokenizer.padding_side == "left"
 
@@ -180,6 +180,7 @@ class Embedder(nn.Module):
         out, self.last_stats = forward_in_batches(ids, run, dim or self.hidden_size, batch_tokens=batch_tokens,
                                                   max_batch_size=max_batch_size, desc="encode", unit="text",
                                                   show_progress=show)
+        self.last_stats["truncated"] = truncated
         result = out[0] if single else out
         return result.numpy() if convert_to == "numpy" else result
 
@@ -188,21 +189,38 @@ class Embedder(nn.Module):
         """The token ids `encode` feeds the model (template applied, `append_token` added, cut to max_length).
         Separate from the forward so that a server can tokenize off its model thread and batch token lists from
         many requests (`pooled_ids`). `truncate=False`: a text over max_length is an error instead of cut."""
+        if truncate:
+            return self._tokenize(texts, prompt_name, instruction)[0]
+        self._check_texts(texts)
+        ids = self.tokenizer(self.format(texts, prompt_name, instruction))["input_ids"]
+        for i, x in enumerate(ids):
+            if len(x) > self.config.max_length:
+                raise ValueError(f"text {i} has {len(x)} tokens, over the max length {self.config.max_length}; "
+                                 "shorten it or allow truncation")
+        return ids
+
+    def _tokenize(self, texts: Sequence[str], prompt_name: str | None,
+                  instruction: str | None) -> tuple[list[list[int]], int]:
+        """-> (ids cut to max_length, how many texts were cut), in one tokenizer pass: the tokenizer returns what it
+        cut (overflow rows with their source row, fast tokenizers; `overflowing_tokens`, slow ones), so counting
+        needs no second, untruncated pass over the corpus. Thread-safe (no state kept), for the server."""
+        self._check_texts(texts)
+        enc = self.tokenizer(self.format(texts, prompt_name, instruction), truncation=True,
+                             max_length=self.config.max_length, return_overflowing_tokens=True)
+        source = enc.get("overflow_to_sample_mapping")
+        if source is None:
+            return enc["input_ids"], sum(bool(rest) for rest in enc.get("overflowing_tokens", []))
+        first = [j for j, row in enumerate(source) if j == 0 or source[j - 1] != row]  # one row per text: its start
+        rows_per_text = np.diff([*first, len(source)])
+        return [enc["input_ids"][j] for j in first], int((rows_per_text > 1).sum())
+
+    @staticmethod
+    def _check_texts(texts: Sequence[str]) -> None:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"text {i} is {type(t).__name__}, not str")
             if not t.strip():
                 raise ValueError(f"text {i} is empty; embedders need at least one real token")
-        formatted = self.format(texts, prompt_name, instruction)
-        limit = self.config.max_length
-        if truncate:
-            return self.tokenizer(formatted, truncation=True, max_length=limit)["input_ids"]
-        ids = self.tokenizer(formatted)["input_ids"]
-        for i, x in enumerate(ids):
-            if len(x) > limit:
-                raise ValueError(f"text {i} has {len(x)} tokens, over the max length {limit}; shorten it or "
-                                 "allow truncation")
-        return ids
 
     @torch.inference_mode()
     def pooled_ids(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
