@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from qzhou.data.readers import DataError, JsonlWriter, read_rows
-from qzhou.data.records import check_record, normalize_text
+from qzhou.data.records import check_record, describe_errors, normalize_text
 from qzhou.search import normalize, top_k
 
 INDEXES = ("exact", "hnsw", "ivf")
@@ -116,7 +116,7 @@ def read_queries(path) -> list[tuple[str, dict]]:
     for where, record in read_rows(path):
         task, errors, _ = check_record(record)
         if errors:
-            raise DataError(f"{where}: " + "; ".join(f"{f or 'record'} {m}" for f, m in errors))
+            raise DataError(f"{where}: " + describe_errors(errors))
         if task != "retrieval":
             raise DataError(f"{where}: mining needs retrieval records (query, pos[, neg]); this is a {task} record")
         rows.append((where, record))

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from qzhou.data.converters import Skip, run_converter
 from qzhou.data.readers import DataError, JsonlWriter, Row, line_of, read_rows
-from qzhou.data.records import check_record
+from qzhou.data.records import check_record, describe_errors
 
 OnError = Literal["skip", "fail"]
 
@@ -68,7 +68,7 @@ def convert(kind: str, source: str | Path, output: str | Path, *, fields: dict[s
             if not isinstance(item, Skip):
                 _, errors, _ = check_record(item)
                 if errors:
-                    item = Skip("; ".join(f"{f or 'record'} {m}" for f, m in errors))
+                    item = Skip(describe_errors(errors))
                 elif instruction:
                     item["instruction"] = instruction
             if isinstance(item, Skip):

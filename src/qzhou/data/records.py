@@ -81,6 +81,11 @@ def _texts(record, field, errors, min_items) -> list[str]:
     return [t for t in value if isinstance(t, str)]
 
 
+def describe_errors(errors: list[tuple[str | None, str]]) -> str:
+    """`check_record`'s errors as one line: "field message; field message" (a whole-record error says "record")."""
+    return "; ".join(f"{field or 'record'} {message}" for field, message in errors)
+
+
 def check_record(record: Any, task: Task | None = None, max_chars: int | None = None):
     """-> (task, errors, warnings); each problem is (field, message)."""
     errors: list[tuple[str, str]] = []

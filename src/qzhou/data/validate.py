@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from qzhou.data.convert import skipped_path
 from qzhou.data.readers import DataError, JsonlWriter, line_of, read_rows
-from qzhou.data.records import check_record, normalize_text
+from qzhou.data.records import check_record, describe_errors, normalize_text
 
 EXAMPLES = 5
 
@@ -70,7 +70,7 @@ def validate_file(path: str | Path, *, task: str | None = None, on_error: Litera
                 if on_error == "fail":
                     raise DataError(text)
                 invalid.add(where, text, [f"{f.split('[')[0] or 'record'} {m}" for f, m in errs],
-                            "; ".join(f"{f or 'record'} {m}" for f, m in errs), record=record)
+                            describe_errors(errs), record=record)
                 continue
             tasks[kind] += 1
             for f, m in warns:

@@ -61,7 +61,9 @@ class MergeStageSpec(BaseModel):
 
 def stage_checkpoints(stage_dir: Path, last: int | None) -> list[Path]:
     """The model folders of a stage's kept checkpoints, oldest first (the order chained slerp follows)."""
-    found = sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    from qzhou.training.saving import checkpoints  # (here: the recipe imports this module, saving loads torch)
+
+    found = checkpoints(stage_dir)
     if last is not None:
         found = found[-last:]
     lora = [p for p in found if not (p / "model").is_dir()]

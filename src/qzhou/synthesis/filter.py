@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from qzhou.data.readers import DataError, JsonlWriter, read_rows
-from qzhou.data.records import check_record
+from qzhou.data.records import check_record, describe_errors
 from qzhou.search import normalize
 
 
@@ -51,7 +51,7 @@ def filter_pairs(input: str | Path, output: str | Path, model: Any, *, threshold
             for i, (where, record) in enumerate(rows):
                 task, errors, _ = check_record(record)
                 if errors:
-                    raise DataError(f"{where}: " + "; ".join(f"{f or 'record'} {m}" for f, m in errors))
+                    raise DataError(f"{where}: " + describe_errors(errors))
                 if task == "retrieval":
                     pairs.extend((i, j) for j in range(len(record["pos"])))
             q = encode_queries(embedder, [rows[i][1]["query"] for i, _ in pairs],

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from qzhou.data.readers import DataError, JsonlWriter, read_rows
-from qzhou.data.records import check_record, normalize_text, task_of, texts_of
+from qzhou.data.records import check_record, describe_errors, normalize_text, task_of, texts_of
 from qzhou.synthesis.client import ChatClient, RequestFailed
 from qzhou.synthesis.operations import MODES, OPERATIONS, POLICY, PROMPTS, Call, CallFailed, Options
 from qzhou.synthesis.prompts import load_personas, load_prompt
@@ -91,7 +91,7 @@ def check_input(operation: str, where: str, record: Any, options: Options) -> st
         return "documents"
     task, errors, _ = check_record(record)
     if errors:
-        raise DataError(f"{where}: " + "; ".join(f"{f or 'record'} {m}" for f, m in errors))
+        raise DataError(f"{where}: " + describe_errors(errors))
     if operation not in POLICY[task]:
         raise DataError(f"{where}: {operation} applies to retrieval records, this is a {task} record (policy: STS "
                         "and classification data get paraphrase only, so scores and labels stay true)")
