@@ -23,7 +23,7 @@ q --from classification "$D/banking77/train.csv" "$O/banking77.jsonl" --field la
 q --from retrieval "$D/zh-train/text2vec_bge_finetune_data.jsonl" "$O/zh.jsonl"
 q --from qa "$D/trecqa-wang/train.csv" "$O/trecqa.jsonl" --field question=qtext --field answer=atext
 qzhou data validate --quiet "$O"/{stsb,sick,snli,banking77,zh,trecqa}.jsonl | grep -E "rows|errors" || true
-E=(--delimiter tab --no-header --no-quoting --columns genre,file,year,id,score,s1,s2 --eval-field s1 --eval-field s2)
+E=(--delimiter tab --no-header --no-quoting --eval-field 5 --eval-field 6)  # numbered columns: some rows carry extra trailing ones
 qzhou data decontaminate --quiet "$O"/{stsb,snli,banking77}.jsonl --eval "$D/stsb/sts-test.csv" "${E[@]}" --output-dir "$O/c1" \
   > "$O/decontaminated-stsb-test.json"
 qzhou data decontaminate --quiet "$O"/c1/{stsb,snli,banking77}.jsonl --eval "$D/banking77/test.csv" --eval-field text \

@@ -88,6 +88,19 @@ class Reranker(nn.Module):
         self.tokenizer.model_max_length = int(value)
 
     @property
+    def causal_lm(self) -> nn.Module:
+        """The *ForCausalLM itself, also while training wraps it in a peft LoRA model (whose attributes resolve
+        differently: `PeftModel.model` is the causal LM, not its decoder)."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if get_base is not None else self.model
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The decoder stack under the output layer (`model.model` for Llama / Qwen)."""
+        lm = self.causal_lm
+        return getattr(lm, lm.base_model_prefix)
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -140,14 +153,13 @@ class Reranker(nn.Module):
         """(B, L) token ids and mask -> (B, 2) float32 logits [z_no, z_yes] at each row's last real token: the last
         hidden state times the no and yes rows of the output layer, not the whole vocabulary."""
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        decoder = getattr(self.model, self.model.base_model_prefix)
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          use_cache=False).last_hidden_state
         if self.padding_side == "left":
             last = hidden[:, -1]
         else:
             last = hidden[torch.arange(hidden.shape[0], device=hidden.device), attention_mask.sum(1) - 1]
-        head = self.model.lm_head
+        head = self.causal_lm.lm_head
         rows = torch.tensor([self.no_id, self.yes_id], device=last.device)
         z = last.float() @ head.weight[rows].float().T
         if getattr(head, "bias", None) is not None:
