@@ -1,0 +1,126 @@
+"""Does the trained reranker improve on its first stage? (issue 11's quality benchmark)
+
+The first stage: the bench-cpu embedder (`qzhou train configs/bench-cpu.yaml` -> out/bench-cpu/stage2-all-tasks/
+final). The reranker: `qzhou train configs/reranker-bench-cpu.yaml` (SmolLM2-135M, point-wise yes/no loss) ->
+out/reranker-bench-cpu/sft/final. Tasks: CISI (Retrieval, 1,460 abstracts) and TrecQA (Reranking, each question's
+candidate sentences) from ../shared/data. The reranker reorders each query's first-stage top-k (100, as Qwen3
+evaluated); documents below keep their first-stage order (`qzhou.evaluation.rerank`).
+
+Contenders, scored in one run on one first-stage candidate list (computed once, reused from OUT/runs):
+- the first stage alone (the baseline);
+- the trained reranker over its top-k;
+- with `--untrained`, the base model as a reranker (same template, no training): what training added.
+
+Target (issue 11): reranked nDCG@10 above the first stage on both tasks, by >= 3 points on at least one.
+Written: OUT/rerank_quality.{json,md,png} (+ each contender's results.json under OUT/).
+
+Run:  python bench/rerank_quality.py [--embedder DIR] [--reranker DIR] [--top-k 100] [--max-length 512]
+                                     [--untrained] [--tasks CISI TrecQA] [--out bench/results/rerank_quality]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_GAIN = 3.0  # nDCG@10 points on at least one task
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--embedder", default=str(REPO / "out/bench-cpu/stage2-all-tasks/final"))
+    p.add_argument("--reranker", default=str(REPO / "out/reranker-bench-cpu/sft/final"))
+    p.add_argument("--tasks", nargs="+", default=["CISI", "TrecQA"])
+    p.add_argument("--top-k", type=int, default=100, help="first-stage documents reranked per query")
+    p.add_argument("--max-length", type=int, default=512,
+                   help="reranker prompt cap in tokens (only the document is cut); CISI abstracts run to ~700")
+    p.add_argument("--untrained", action="store_true", help="also rerank with the base model, untrained")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", default=str(REPO / "bench/results/rerank_quality"))
+    return p.parse_args(argv)
+
+
+def check_inputs(a: argparse.Namespace) -> None:
+    for what, folder, recipe in (("embedder", a.embedder, "configs/bench-cpu.yaml"),
+                                 ("reranker", a.reranker, "configs/reranker-bench-cpu.yaml")):
+        if not Path(folder).is_dir():
+            sys.exit(f"rerank_quality: no {what} at {folder}; train it first: bash bench/prepare_cpu_data.sh && "
+                     f"qzhou train {recipe}")
+
+
+def ndcg10(results) -> dict[str, float]:
+    return {t.name: round(100 * t.scores["ndcg_at_10"], 2) for t in results.tasks}
+
+
+def summary(first, contenders: dict[str, object]) -> dict:
+    """Per task: nDCG@10 and the main score of each contender, and the issue's target check for the trained one."""
+    base = ndcg10(first)
+    table = {"first stage": {"ndcg_at_10": base, "main": {t.name: round(100 * t.scores[t.main_score], 2)
+                                                          for t in first.tasks}}}
+    for label, res in contenders.items():
+        table[label] = {"ndcg_at_10": ndcg10(res),
+                        "main": {t.name: round(100 * t.scores[t.main_score], 2) for t in res.tasks}}
+    trained = table["reranked (trained)"]["ndcg_at_10"]
+    gains = {name: round(trained[name] - base[name], 2) for name in base}
+    met = all(g > 0 for g in gains.values()) and any(g >= TARGET_GAIN for g in gains.values())
+    return {"table": table, "gains_ndcg_at_10": gains, "target_met": met,
+            "main_scores": {t.name: t.main_score for t in first.tasks}}
+
+
+def markdown(s: dict, top_k: int) -> str:
+    names = list(s["gains_ndcg_at_10"])
+    lines = ["| contender | " + " | ".join(f"{n} nDCG@10" for n in names) + " | "
+             + " | ".join(f"{n} {s['main_scores'][n]}" for n in names) + " |",
+             "|---|" + "---:|" * (2 * len(names))]
+    for label, row in s["table"].items():
+        lines.append(f"| {label} | " + " | ".join(f"{row['ndcg_at_10'][n]:.2f}" for n in names) + " | "
+                     + " | ".join(f"{row['main'][n]:.2f}" for n in names) + " |")
+    gains = ", ".join(f"{n} {g:+.2f}" for n, g in s["gains_ndcg_at_10"].items())
+    lines.append(f"\nReranking the top-{top_k}: nDCG@10 {gains} points; target (above on both, >= {TARGET_GAIN:g} "
+                 f"on one) {'met' if s['target_met'] else 'NOT met'}.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    check_inputs(a)
+    from qzhou import Embedder, Reranker
+    from qzhou.default_model import smollm2_folder
+    from qzhou.evaluation.report import plot
+    from qzhou.evaluation.rerank import evaluate_rerank
+
+    out = Path(a.out)
+    embedder = Embedder.load(a.embedder, dtype=a.dtype)
+    contenders = {"reranked (trained)": a.reranker} | ({"reranked (untrained base)": smollm2_folder()}
+                                                       if a.untrained else {})
+    first, results = None, {}
+    for label, source in contenders.items():
+        reranker = Reranker.load(source, dtype=a.dtype, max_length=a.max_length)
+        print(f"\n{label}: {source} ({reranker.dtype}, max_length {reranker.max_length})", flush=True)
+        first, results[label] = evaluate_rerank(embedder, reranker, a.tasks, top_k=a.top_k, data_root=a.data_root,
+                                                runs_dir=out / "runs", embedder_source=a.embedder,
+                                                reranker_source=str(source), show_progress=True)
+        results[label].save(out / label.replace(" ", "-").replace("(", "").replace(")", ""))
+        del reranker
+    first.save(out / "first-stage")
+    s = summary(first, results)
+    s |= {"embedder": a.embedder, "reranker": a.reranker, "top_k": a.top_k, "max_length": a.max_length,
+          "dtype": a.dtype, "load_average": os.getloadavg()}
+    table = markdown(s, a.top_k)
+    (out / "rerank_quality.json").write_text(json.dumps(s, indent=2) + "\n", encoding="utf-8")
+    (out / "rerank_quality.md").write_text(table, encoding="utf-8")
+    plot([first, *results.values()], out / "rerank_quality.png", ["first stage", *results])
+    print("\n" + table + f"wrote {out}/rerank_quality.{{json,md,png}}")
+
+
+if __name__ == "__main__":
+    main()
