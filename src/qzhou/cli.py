@@ -111,7 +111,7 @@ def cmd_quickstart(a: argparse.Namespace) -> None:
     from qzhou.quickstart import run
 
     run(Path(a.out), dtype=a.dtype, device=a.device, k=a.k, train=not a.no_train, overrides=a.set or [],
-        threads=a.threads)
+        threads=a.threads, reranker=not a.no_reranker, reranker_overrides=a.reranker_set or [])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=3, help="hits shown per query")
     p.add_argument("--no-train", action="store_true", help="only the untrained embedder (seconds, not minutes)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the quickstart recipe")
+    p.add_argument("--no-reranker", action="store_true",
+                   help="skip the reranker step (training a yes/no reranker on the sample data and reranking the "
+                        "trained embedder's top 10; about 2 minutes on 2 idle cores); --no-train skips it too")
+    p.add_argument("--reranker-set", action="append", metavar="KEY=VALUE",
+                   help="override a value of the reranker recipe (resources/quickstart/reranker-cpu.yaml)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: the cores other jobs leave free, at least 1)")
     _add_load_args(p)

@@ -6,7 +6,9 @@
 3. trained in two stages with `configs/quickstart-cpu.yaml` (retrieval first, then retrieval + STS +
    classification, on the small sample data shipped with qzhou);
 4. evaluated again, and its searches printed: nDCG@10 / MRR@10 / top-1 before and after, in a table, a JSON
-   report and a picture.
+   report and a picture;
+5. then (unless `--no-reranker`) a yes/no reranker trained on the same sample data reorders the trained embedder's
+   top 10 of each query (`quickstart_reranker`), scored and shown against the embedder alone.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ def sample_task() -> tuple[list[dict], list[dict]]:
     return rows("sample_corpus.jsonl"), rows("sample_queries.jsonl")
 
 
-def evaluate(embedder: Embedder, k: int = 3, progress: bool = True) -> dict:
-    """Scores of the sample search task and each query's top-k hits (encoding shows progress bars: on a busy
-    machine even 48 texts take a while)."""
+def evaluate(embedder: Embedder, k: int = 3, progress: bool = True, depth: int = 10) -> dict:
+    """Scores of the sample search task, each query's top-k hits and the ids of its top `depth` (what a reranker
+    reorders). Encoding shows progress bars: on a busy machine even 48 texts take a while."""
     corpus, queries = sample_task()
     d = embedder.encode([c["text"] for c in corpus], prompt_name="document", show_progress=progress)
     q = embedder.encode([x["query"] for x in queries], instruction=INSTRUCTION, show_progress=progress)
@@ -57,13 +59,14 @@ def evaluate(embedder: Embedder, k: int = 3, progress: bool = True) -> dict:
     run = {x["id"]: {corpus[j]["id"]: float(s) for s, j in zip(best[i], idx[i])} for i, x in enumerate(queries)}
     qrels = {x["id"]: {r: 1 for r in x["relevant"]} for x in queries}
     scores = retrieval_scores(run, qrels, k_values=(1, 10))
-    hits = [{"query": x["query"], "relevant": x["relevant"],
+    hits = [{"query": x["query"], "relevant": x["relevant"], "ranked": [corpus[j]["id"] for j in idx[i][:depth]],
              "hits": [{"id": corpus[j]["id"], "score": round(float(s), 4), "text": corpus[j]["text"]}
                       for s, j in zip(best[i][:k], idx[i][:k])]} for i, x in enumerate(queries)]
     return {"scores": {name: round(100 * scores[key], 2) for name, key in METRICS.items()}, "searches": hits}
 
 
-def plot(before: dict, after: dict | None, path: Path) -> None:
+def plot(rows: list[tuple[str, dict]], path: Path) -> None:
+    """One group of bars per metric, one bar per (label, result) row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,18 +74,19 @@ def plot(before: dict, after: dict | None, path: Path) -> None:
 
     names = list(METRICS)
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    bars = [("untrained", before, -0.2 if after else 0.0)] + ([("trained", after, 0.2)] if after else [])
-    for label, result, shift in bars:
+    fig, ax = plt.subplots(figsize=(6 + 0.8 * max(0, len(rows) - 2), 3.6))
+    width = 0.8 / len(rows)
+    for r, (label, result) in enumerate(rows):
+        shift = (r - (len(rows) - 1) / 2) * width
         values = [result["scores"][n] for n in names]
-        ax.bar(x + shift, values, width=0.4, label=label)
+        ax.bar(x + shift, values, width=width, label=label)
         for xi, v in zip(x + shift, values):
             ax.text(xi, v + 1, f"{v:.0f}", ha="center", fontsize=8)
     ax.set_xticks(x, names)
     ax.set_ylim(0, 110)
     ax.set_ylabel("score (sample search task)")
-    ax.set_title("SmolLM2-135M embedder: qzhou quickstart")
-    ax.legend()
+    ax.set_title("SmolLM2-135M " + ("embedder and reranker" if len(rows) > 2 else "embedder") + ": qzhou quickstart")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -130,14 +134,16 @@ class Stages:
         print(f"\n[{self.done}/{self.total}] {what}  ({elapsed:.0f} s so far)", flush=True)
 
 
-def _train(cfg, out: Path, stages: Stages) -> tuple[Path, dict]:
+def train_recipe_in(cfg, folder: Path, recipe: Path, stages: Stages) -> tuple[Path, dict]:
+    """Train `cfg` (read from `recipe`) into `folder` afresh: (final model folder, the report's recipe / model /
+    minutes)."""
     from qzhou.training.trainer import train as train_recipe
 
-    cfg.output_dir = out / "train"
+    cfg.output_dir = folder
     if cfg.output_dir.exists():  # a rerun trains afresh (the trainer would otherwise resume or skip stages)
         print(f"removing the previous run's {cfg.output_dir}")
         shutil.rmtree(cfg.output_dir)
-    stages.next(f"training with {recipe_file().name}: "
+    stages.next(f"training with {recipe.name}: "
                 + ", ".join(f"{s.name} {s.steps} steps" for s in cfg.stages)
                 + f" -> {cfg.output_dir} (one progress bar per stage, with its ETA)")
     started = time.perf_counter()
@@ -145,19 +151,36 @@ def _train(cfg, out: Path, stages: Stages) -> tuple[Path, dict]:
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
         final = train_recipe(cfg)
     gc.collect()  # the trainer's model, gradients and optimizer state go before the trained model loads
-    return final, {"recipe": str(recipe_file()), "model": str(final),
+    return final, {"recipe": str(recipe), "model": str(final),
                    "minutes": round((time.perf_counter() - started) / 60, 2)}
 
 
-def run(out: Path, dtype: str = "float32", device: str | None = None, k: int = 3, train: bool = True,
-        overrides: list[str] | None = None, threads: int | None = None) -> dict:
-    cfg = None
-    if train:  # a bad --set fails here, before minutes of work and before the output folder exists
-        from qzhou.training.recipe import load_recipe
+def _load_configs(train: bool, reranker: bool, overrides: list[str] | None, reranker_overrides: list[str] | None):
+    """Both recipes with their overrides, read before any work: a bad --set fails before minutes of work and
+    before the output folder exists."""
+    if not train:
+        return None, None
+    from qzhou.training.recipe import load_recipe
 
-        cfg = load_recipe(recipe_file(), overrides or [])
+    cfg = load_recipe(recipe_file(), overrides or [])
+    if not reranker:
+        return cfg, None
+    from qzhou.quickstart_reranker import load_config
+
+    return cfg, load_config(reranker_overrides or [])
+
+
+def _write(report: dict, path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def run(out: Path, dtype: str = "float32", device: str | None = None, k: int = 3, train: bool = True,
+        overrides: list[str] | None = None, threads: int | None = None, reranker: bool = True,
+        reranker_overrides: list[str] | None = None) -> dict:
+    """The quickstart; `reranker` (needs `train`) adds the reranker step after the embedder."""
+    cfg, rerank_cfg = _load_configs(train, reranker, overrides, reranker_overrides)
     out.mkdir(parents=True, exist_ok=True)
-    stages = Stages(4 if train else 2)
+    stages = Stages(2 + 2 * train + 3 * (rerank_cfg is not None))
     stages.next(f"loading SmolLM2-135M as an embedder ({choose_threads(threads)} torch thread(s))")
     untrained = Embedder.load(smollm2_folder(), attention="bidirectional", pooling="mean", dtype=dtype, device=device)
     print(f"base: SmolLM2-135M ({untrained.info()['parameters'] / 1e6:.0f}M parameters) -> "
@@ -166,21 +189,34 @@ def run(out: Path, dtype: str = "float32", device: str | None = None, k: int = 3
     before = evaluate(untrained, k)
     del untrained
     gc.collect()
-    print_scores([("untrained", before)])
+    rows = [("untrained", before)]
+    print_scores(rows)
     report: dict = {"before": before}
     report_file = out / "quickstart.json"
-    report_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    after = None
+    _write(report, report_file)
     if train:
-        final, report["train"] = _train(cfg, out, stages)
+        final, report["train"] = train_recipe_in(cfg, out / "train", recipe_file(), stages)
         stages.next("scoring the trained embedder")
-        after = evaluate(Embedder.load(final, dtype=dtype, device=device), k)
-        report["after"] = after
-        print_scores([("untrained", before), ("trained", after)])
-    print_searches(after or before)
-    plot(before, after, out / "quickstart.png")
-    report_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        trained = Embedder.load(final, dtype=dtype, device=device)
+        report["after"] = evaluate(trained, k)
+        del trained
+        gc.collect()  # the embedder goes before the reranker loads (peak memory)
+        rows.append(("trained", report["after"]))
+        print_scores(rows)
+        _write(report, report_file)
+    print_searches(report.get("after", before))
+    if rerank_cfg is not None:
+        from qzhou import quickstart_reranker
+
+        report["reranker"] = quickstart_reranker.run_stage(rerank_cfg, out, report["after"], stages, k, dtype, device)
+        rows += [("+ untrained reranker", report["reranker"]["untrained"]),
+                 ("+ trained reranker", report["reranker"]["trained"])]
+        print_scores(rows)
+        quickstart_reranker.print_before_after(report["after"], report["reranker"]["trained"])
+    plot(rows, out / "quickstart.png")
+    _write(report, report_file)
+    models = [x["model"] for x in (report.get("train"), report.get("reranker")) if x]
     print(f"\nreport: {report_file}, picture: {out / 'quickstart.png'}"
-          + (f", model: {report['train']['model']}" if train else "")
+          + (f", model(s): {', '.join(models)}" if models else "")
           + f"; {(time.perf_counter() - stages.started) / 60:.1f} min in all")
     return report
