@@ -105,7 +105,7 @@ def test_batches_stay_within_the_token_budget(reranker, monkeypatch):
 
     monkeypatch.setattr(Reranker, "forward", spy)
     pairs = PAIRS * 8
-    reranker.score(pairs, batch_tokens=600)
+    reranker.score(pairs, batch_tokens=600, prefix_cache=False)  # the plain path (test_reranker_prefix: the other)
     assert sum(s[0] for s in shapes) == len(pairs)
     assert all(b * w <= 600 or b == 1 for b, w in shapes)
     widths = [w for _, w in shapes]

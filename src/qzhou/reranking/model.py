@@ -130,6 +130,12 @@ class Reranker(nn.Module):
         """Token ids of the full prompts. Only the document is truncated (its end is cut), so the template's prefix,
         the instruction, the query and the closing assistant turn always survive within `max_length` (default: the
         reranker's)."""
+        return self._prompts(pairs, instruction, max_length)[0]
+
+    def _prompts(self, pairs: Sequence[tuple[str, str]], instruction: str | None,
+                 max_length: int | None) -> tuple[list[list[int]], list[int]]:
+        """`format_pairs`' ids, and for each prompt the index of the document's first token (where the prefix that
+        `score` may reuse ends)."""
         pairs = _check_pairs(pairs)
         max_length = max_length or self.max_length
         if instruction is not None and not instruction.strip():
@@ -138,15 +144,16 @@ class Reranker(nn.Module):
         rendered = [self.config.render(q, d[:limit], instruction) for q, d in pairs]
         enc = self.tokenizer([r[0] for r in rendered], add_special_tokens=False, return_offsets_mapping=True,
                              verbose=False)
-        out = []
+        out, starts = [], []
         for i, (q, d) in enumerate(pairs):
-            ids = _fit(enc["input_ids"][i], enc["offset_mapping"][i], rendered[i][1:], len(d) > limit, i, max_length)
-            if ids is None:  # the pre-cut left too few document tokens: tokenize the whole document
+            fit = _fit(enc["input_ids"][i], enc["offset_mapping"][i], rendered[i][1:], len(d) > limit, i, max_length)
+            if fit is None:  # the pre-cut left too few document tokens: tokenize the whole document
                 text, start, end = self.config.render(q, d, instruction)
                 one = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-                ids = _fit(one["input_ids"], one["offset_mapping"], (start, end), False, i, max_length)
-            out.append(ids)
-        return out
+                fit = _fit(one["input_ids"], one["offset_mapping"], (start, end), False, i, max_length)
+            out.append(fit[0])
+            starts.append(fit[1])
+        return out, starts
 
     # ---------------------------------------------------------------- computation
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -154,11 +161,16 @@ class Reranker(nn.Module):
         hidden state times the no and yes rows of the output layer, not the whole vocabulary."""
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=False).last_hidden_state
+                              use_cache=False).last_hidden_state
         if self.padding_side == "left":
             last = hidden[:, -1]
         else:
             last = hidden[torch.arange(hidden.shape[0], device=hidden.device), attention_mask.sum(1) - 1]
+        return self.head(last)
+
+    def head(self, last: torch.Tensor) -> torch.Tensor:
+        """(B, hidden) last hidden states -> (B, 2) float32 logits [z_no, z_yes]: only the no and yes rows of the
+        output layer (softcapped where the model caps its logits)."""
         head = self.causal_lm.lm_head
         rows = torch.tensor([self.no_id, self.yes_id], device=last.device)
         z = last.float() @ head.weight[rows].float().T
@@ -174,21 +186,46 @@ class Reranker(nn.Module):
 
     @torch.inference_mode()
     def score(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None, return_logits: bool = False,
-              batch_tokens: int = 16384, show_progress: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+              batch_tokens: int = 16384, show_progress: bool = False,
+              prefix_cache: bool = True) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """p(yes) for each (query, document) pair, in input order; with `return_logits`, also the log-odds
         z_yes - z_no (p = sigmoid(log-odds)). Prompts are sorted by length (longest first, so memory peaks at
         once) and packed into batches of at most `batch_tokens` padded tokens: memory stays flat however many
-        documents there are."""
+        documents there are.
+
+        `prefix_cache` (default on): the prompt part before the document (system turn, instruction, query) is
+        computed once per distinct query, the part all queries share once per call, and the documents run against
+        its keys and values (`reranking.prefix_cache`); the same scores as the plain forward, less computation.
+        The plain forward runs instead when `prefix_cache=False`, when no prompt shares a prefix with another, or
+        when the model's attention cannot reuse one as it is (sliding window, linear attention, flash attention;
+        `supports_prefix_cache` says why). `last_stats`: real / computed / prompt / reused token counts."""
         if batch_tokens < 1:
             raise ValueError(f"batch_tokens must be positive (got {batch_tokens})")
         self.model.eval()
-        ids = self.format_pairs(pairs, instruction)
-        out, self.last_stats = forward_in_batches(ids, lambda rows: self(*self.pad(rows)), 2,
-                                                  batch_tokens=batch_tokens, max_batch_size=MAX_BATCH_SIZE,
-                                                  desc="rerank", unit="pair", show_progress=show_progress)
+        ids, starts = self._prompts(pairs, instruction, None)
+        out, self.last_stats = self._forward_prompts(ids, starts, [q for q, _ in pairs], batch_tokens,
+                                                       show_progress, prefix_cache)
         log_odds = out[:, 1] - out[:, 0]
         p_yes = torch.sigmoid(log_odds).numpy()
         return (p_yes, log_odds.numpy()) if return_logits else p_yes
+
+    def _forward_prompts(self, ids: list[list[int]], starts: list[int], queries: list[str], batch_tokens: int,
+                         show_progress: bool, prefix_cache: bool) -> tuple[torch.Tensor, dict[str, int]]:
+        """(N, 2) logits of the prompts and the token counts, through the prefix cache where it saves work."""
+        from tqdm.auto import tqdm
+
+        from qzhou.reranking import prefix_cache as pc
+
+        root, groups = pc.plan(ids, starts, queries)
+        if prefix_cache and pc.supports_prefix_cache(self.causal_lm) is None and pc.reused_tokens(ids, root, groups):
+            with tqdm(total=len(ids), desc="rerank", unit="pair", disable=not show_progress) as bar:
+                return pc.score_with_prefixes(self.decoder, self.head, ids, root, groups,
+                                              pad_id=self.tokenizer.pad_token_id, device=self.device,
+                                              batch_tokens=batch_tokens, max_batch_size=MAX_BATCH_SIZE, bar=bar)
+        out, stats = forward_in_batches(ids, lambda rows: self(*self.pad(rows)), 2, batch_tokens=batch_tokens,
+                                        max_batch_size=MAX_BATCH_SIZE, desc="rerank", unit="pair",
+                                        show_progress=show_progress)
+        return out, {**stats, "prompt_tokens": stats["real_tokens"], "reused_tokens": 0}
 
     def rank(self, query: str, docs: Sequence[str], *, top_k: int | None = None, instruction: str | None = None,
              batch_tokens: int = 16384, show_progress: bool = False) -> list[dict[str, Any]]:
@@ -205,11 +242,12 @@ class Reranker(nn.Module):
 
 
 def _fit(ids: list[int], offsets: list[tuple[int, int]], span: tuple[int, int], cut: bool, i: int,
-         max_length: int) -> list[int] | None:
-    """Drop the document's last tokens until the prompt fits; None when a pre-cut document might be too short."""
-    if len(ids) <= max_length and not cut:
-        return list(ids)
+         max_length: int) -> tuple[list[int], int] | None:
+    """Drop the document's last tokens until the prompt fits -> (ids, index of the document's first token); None
+    when a pre-cut document might be too short."""
     start, end = span
+    if len(ids) <= max_length and not cut:
+        return list(ids), next((t for t, (_, b) in enumerate(offsets) if b > start), len(ids))
     inside = [t for t, (a, b) in enumerate(offsets) if b > start and a < end]
     first, stop = inside[0], inside[-1] + 1
     budget = max_length - (len(ids) - (stop - first))
@@ -219,7 +257,7 @@ def _fit(ids: list[int], offsets: list[tuple[int, int]], span: tuple[int, int], 
                          "raise max_length")
     if cut and stop - first < budget + _CUT_MARGIN:
         return None
-    return list(ids[:first + budget]) + list(ids[stop:])
+    return list(ids[:first + budget]) + list(ids[stop:]), first
 
 
 def _check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
