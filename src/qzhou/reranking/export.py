@@ -43,8 +43,8 @@ def save_cross_encoder(reranker, folder: str | Path, state_dict: dict[str, torch
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if state_dict is not None:  # the Reranker's keys ("model." + the causal LM's own)
-        state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
+    # state_dict: keyed as the causal LM's own state dict (as Embedder.save's are the backbone's), the convention
+    # training.saving gathers FSDP / ZeRO-3 weights and merges LoRA in
     reranker.model.save_pretrained(folder, state_dict=state_dict)
     _save_tokenizer(reranker, folder)
     write_json(folder / "modules.json", [

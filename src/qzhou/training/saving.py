@@ -6,6 +6,10 @@ holds a shard: the full state is gathered first (`accelerator.get_state_dict`, a
 folder is written from it on the main process. LoRA is merged from a state dict (W + scaling · B A per adapted
 linear), so the same code merges a gathered state and a local one and never copies the model.
 
+Both trained classes are `Cls(module, tokenizer, config)` around one transformers module (`inner_name`): the
+Embedder's backbone, the Reranker's *ForCausalLM. LoRA wraps that module, adapters are saved and loaded from it,
+and a state dict handed to `Cls.save` is keyed as that module's own state dict.
+
 A checkpoint folder holds `model/` (or `adapter.pt` for LoRA) and `training_state.pt` (sampler, the objectives'
 collate RNG, RNG, step, losses; optimizer and scheduler for DDP / one process). Under FSDP / DeepSpeed the
 optimizer, scheduler and model shards are the engine's own checkpoint in `engine/` (`accelerator.save_state`),
@@ -45,13 +49,31 @@ def weights_sharded(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
 
 
+def inner_name(model) -> str:
+    """The attribute holding the transformers module a trained model wraps: "backbone" (Embedder), "model"
+    (Reranker). LoRA goes on that module and state dicts passed to `save` are keyed as its own."""
+    from qzhou.reranking.model import Reranker
+
+    if isinstance(model, Embedder):
+        return "backbone"
+    if isinstance(model, Reranker):
+        return "model"
+    raise TypeError(f"{type(model).__name__} is neither an Embedder nor a Reranker; training.saving saves only those")
+
+
+def inner(model) -> torch.nn.Module:
+    """The transformers module (a peft model while LoRA trains it) that `model` wraps."""
+    return getattr(model, inner_name(model))
+
+
 def gathered_state(accelerator, model) -> dict[str, torch.Tensor] | None:
-    """The backbone's full state dict under FSDP / ZeRO-3 (every process must call; the main process gets it), None
-    elsewhere: the module's own weights are full there, and no process copies them."""
+    """The inner module's full state dict (its own keys) under FSDP / ZeRO-3 (every process must call; the main
+    process gets it), None elsewhere: the module's own weights are full there, and no process copies them."""
     if not weights_sharded(accelerator):
         return None
     state = accelerator.get_state_dict(model)
-    return {k.removeprefix("backbone."): v for k, v in state.items()} if state else {}
+    prefix = inner_name(accelerator.unwrap_model(model)) + "."
+    return {k.removeprefix(prefix): v for k, v in state.items()} if state else {}
 
 
 def merge_lora_state(peft_model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -85,15 +107,15 @@ def merge_lora_state(peft_model, state: dict[str, torch.Tensor]) -> dict[str, to
     return merged
 
 
-def save_embedder(e: Embedder, folder: Path, cfg, state: dict[str, torch.Tensor] | None = None) -> Path:
-    """The model folder (model-core format). `state`: the gathered backbone state where the module holds a shard."""
-    if cfg.lora is None:
-        return e.save(folder, state_dict=state)
-    backbone = e.backbone
-    if not cfg.lora.merge_on_save:  # peft writes the adapter alone (taken from the gathered state where given)
-        return e.save(folder, state_dict=state)
-    merged = merge_lora_state(backbone, backbone.state_dict() if state is None else state)
-    return Embedder(backbone.get_base_model(), e.tokenizer, e.config).save(folder, state_dict=merged)
+def save_model(m, folder: Path, cfg, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """A stage's model folder, written by the model's own `save` (Embedder: model-core format; Reranker: the
+    CrossEncoder layout). `state`: the gathered inner-module state where the module holds a shard. LoRA is merged
+    into the base weights unless `lora.merge_on_save` is false (then peft writes the adapter alone)."""
+    if cfg.lora is None or not cfg.lora.merge_on_save:
+        return m.save(folder, state_dict=state)
+    module = inner(m)
+    merged = merge_lora_state(module, module.state_dict() if state is None else state)
+    return type(m)(module.get_base_model(), m.tokenizer, m.config).save(folder, state_dict=merged)
 
 
 def rng_state() -> dict:
@@ -134,13 +156,13 @@ def write_checkpoint(accelerator, model, stage_dir: Path, step: int, cfg, optimi
         accelerator.save_state(str(tmp / "engine"))
         accelerator.wait_for_everyone()  # every process's files are in before the folder is renamed
     if main:
-        embedder = accelerator.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(model)
         if cfg.lora is not None:
             from peft import get_peft_model_state_dict
 
-            torch.save(get_peft_model_state_dict(embedder.backbone, state_dict=state), tmp / "adapter.pt")
+            torch.save(get_peft_model_state_dict(inner(unwrapped), state_dict=state), tmp / "adapter.pt")
         else:
-            embedder.save(tmp / "model", state_dict=None if state is None else dict(state))  # save_pretrained empties it
+            unwrapped.save(tmp / "model", state_dict=None if state is None else dict(state))  # save_pretrained empties it
         own = {} if sharded else {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         torch.save({"step": step, **own, "sampler": sampler.state_dict(), "collator_rng": collate_rng.getstate(),
                     "rng": rng_state(), "losses": losses}, tmp / "training_state.pt")
@@ -169,7 +191,7 @@ def restore_checkpoint(accelerator, checkpoint: Path, optimizer, scheduler, samp
 
 def load_adapter(model, file: Path) -> None:
     """LoRA adapter weights (a checkpoint's adapter.pt, or an adapter folder's safetensors) into the freshly wrapped
-    backbone."""
+    inner module (`inner`)."""
     from peft import set_peft_model_state_dict
 
     if file.suffix == ".safetensors":
@@ -178,7 +200,7 @@ def load_adapter(model, file: Path) -> None:
         state = load_file(str(file))
     else:
         state = torch.load(file, weights_only=False)
-    set_peft_model_state_dict(model.backbone, state)
+    set_peft_model_state_dict(inner(model), state)
 
 
 def build_model(cfg, kinds: list, source: str, resume: Path | None, first_stage: bool):

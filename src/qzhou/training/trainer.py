@@ -36,7 +36,7 @@ from qzhou.training.saving import (
     gathered_state,
     latest_checkpoint,
     restore_checkpoint,
-    save_embedder,
+    save_model,
     write_checkpoint,
 )
 
@@ -152,7 +152,7 @@ def train_stage(cfg: TrainConfig, stage: StageSpec, source: str, first_stage: bo
         weights = gathered_state(acc, run.model)  # step's checkpoint just did
     final = stage_dir / "final"
     if acc.is_main_process:
-        save_embedder(acc.unwrap_model(run.model), final, cfg, weights)
+        save_model(acc.unwrap_model(run.model), final, cfg, weights)
         write_losses(run.losses, stage_dir)
     finish_trackers(acc)
     acc.wait_for_everyone()

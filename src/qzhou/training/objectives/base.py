@@ -82,12 +82,20 @@ def build_embedder(cfg, source: str, first_stage: bool):
     if cfg.model.gradient_checkpointing:
         activation_checkpointing(e.backbone)
     if cfg.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        e.backbone = get_peft_model(e.backbone, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                           lora_dropout=cfg.lora.dropout,
-                                                           target_modules=cfg.lora.target_modules))
+        e.backbone = wrap_lora(e.backbone, cfg.lora)
     return e
+
+
+def wrap_lora(module, lora):
+    """`module` (the transformers model a trained class wraps) with the recipe's LoRA adapters (peft); its own
+    weights freeze. Gradient checkpointing, enabled before, keeps working: transformers' non-reentrant checkpoint
+    needs no input gradients, and its enable step hooks the input embeddings to require them anyway."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("LoRA training needs peft: pip install qzhou[train]") from None
+    return get_peft_model(module, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                             target_modules=lora.target_modules))
 
 
 class Objective:

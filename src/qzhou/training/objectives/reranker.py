@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qzhou.training.objectives.base import Objective, Role, activation_checkpointing, register
+from qzhou.training.objectives.base import Objective, Role, activation_checkpointing, register, wrap_lora
 from qzhou.training.objectives.retrieval import drawn_part
 
 
@@ -43,19 +43,34 @@ def listwise_loss(pos_yes: torch.Tensor, neg_yes: torch.Tensor, neg_counts: torc
 
 
 def build_reranker(cfg, source: str, first: bool):
-    """The Reranker a stage trains (fp32 on CPU; the accelerator places it), with gradient checkpointing."""
+    """The Reranker a stage trains (fp32 on CPU; the accelerator places it), with gradient checkpointing and LoRA
+    (on the causal LM, never on its output layer: see `check_output_layer`)."""
     from qzhou.reranking.model import Reranker
 
     if cfg.model.attention == "bidirectional" or cfg.model.pooling or cfg.model.layers:
         raise ValueError("model.attention / pooling / layers are embedder settings; a reranker keeps causal attention "
                          "and reads the last position (remove them from the recipe)")
-    if cfg.lora is not None:
-        raise ValueError("LoRA is not wired for the reranker objectives yet (training.saving merges adapters into an "
-                         "Embedder); train the reranker in full (remove `lora:` from the recipe)")
+    if cfg.lora is not None and not cfg.lora.merge_on_save:
+        raise ValueError("lora.merge_on_save: false is not supported for a reranker: Reranker.load and CrossEncoder "
+                         "read full model folders, not an adapter alone; remove merge_on_save (default true)")
     r = Reranker.load(source, dtype="float32", device="cpu")
     if cfg.model.gradient_checkpointing:
         activation_checkpointing(r.model)
+    if cfg.lora is not None:
+        r.model = wrap_lora(r.model, cfg.lora)
+        check_output_layer(r, cfg.lora.target_modules)
     return r
+
+
+def check_output_layer(reranker, target_modules) -> None:
+    """`Reranker.forward` reads the yes / no rows of the output layer's weight directly, so a LoRA adapter on that
+    layer would train nothing and be silently dropped: refuse it (peft's "all-linear" leaves the output layer out)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if isinstance(reranker.causal_lm.get_output_embeddings(), BaseTunerLayer):
+        raise ValueError(f"lora.target_modules {target_modules!r} puts an adapter on the output layer (lm_head), "
+                         "whose yes/no rows the reranker reads directly, so it would be ignored; leave lm_head out "
+                         "(the default all-linear does)")
 
 
 @register
