@@ -147,3 +147,26 @@ def test_tied_output_layer_merges_and_loads(tmp_path):
     untrained = Reranker.load(tied, dtype="float32").score(PAIRS, instruction=INSTRUCTION, return_logits=True)[1]
     assert np.abs(expected - untrained).max() > 1e-2
     assert torch.equal(ours.causal_lm.lm_head.weight, Reranker.load(tied, dtype="float32").causal_lm.lm_head.weight)
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_save_the_single_process_weights(tmp_path, base):
+    """LoRA reranker under FSDP2 with 2 CPU processes (tests/test_trainer_fsdp_cpu.py's launch): the final folder,
+    merged from the state gathered from the shards, holds the weights of the one-process run on the same global
+    batches. Slow: two `accelerate launch` processes."""
+    import yaml
+    from test_trainer_distributed import run
+    from test_trainer_fsdp_cpu import launch
+
+    single = lora_recipe(tmp_path / "single", base)
+    run(["-m", "qzhou.cli", "train", str(single)])
+    fsdp = lora_recipe(tmp_path / "fsdp", base)
+    raw = yaml.safe_load(fsdp.read_text())
+    raw["datasets"][0]["batch_size"] = 2  # per process: the same global batch of 4
+    fsdp.write_text(yaml.safe_dump(raw))
+    launch(fsdp)
+    engine = tmp_path / "fsdp" / "out" / "stage1" / "checkpoint-8" / "engine"
+    assert (engine / "pytorch_model_fsdp.bin").is_file()  # it ran sharded: the checkpoint is the engine's
+    wa, wb = (weights(tmp_path / name / "out" / "stage1" / "final") for name in ("single", "fsdp"))
+    assert torch.allclose(wa, wb, atol=2e-5), (wa - wb).abs().max()
+    assert not torch.allclose(wb, weights(base), atol=1e-4)
