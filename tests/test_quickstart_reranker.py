@@ -107,7 +107,8 @@ def test_a_bad_reranker_override_fails_before_any_work(tmp_path, tiny_default, c
 
 def test_shipped_reranker_recipe_trains_on_the_retrieval_sample():
     cfg = quickstart_reranker.load_config([])
-    assert [d.task for d in cfg.datasets] == ["reranker"] and cfg.model.gradient_checkpointing
+    assert [d.task for d in cfg.datasets] == ["reranker-listwise"] and cfg.model.gradient_checkpointing
+    assert cfg.lora is not None and cfg.lora.r == 16  # the 3 GB peak-RSS budget of the quickstart
     assert cfg.datasets[0].instruction == quickstart.INSTRUCTION  # the prompt the quickstart reranks with
     assert cfg.datasets[0].path.name == "retrieval.jsonl"  # test_quickstart checks it holds no sample-task text
 
