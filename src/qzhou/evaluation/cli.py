@@ -2,6 +2,7 @@
 
     qzhou eval MODEL --tasks suite|NAME|FILE.yaml|DIR ... [--rules qzhou|qwen3|none] [--out DIR] [--dtype ...]
     qzhou eval MODEL --mteb "MTEB(eng, v2)" ...            (mteb's data comes from the Hugging Face hub)
+    qzhou eval EMBEDDER --rerank RERANKER [--rerank-top-k K] --tasks ... | --mteb ...   (two stages side by side)
     qzhou eval compare A.json B.json ... [--out DIR]
     qzhou eval --list-tasks
 
@@ -20,6 +21,8 @@ EPILOG = """examples:
   qzhou eval sentence-transformers/all-MiniLM-L6-v2 --tasks STSBenchmark SICK-R --rules none
   qzhou eval out/my-embedder --tasks my_tasks/ --rules qwen3
   qzhou eval out/my-embedder --mteb "MTEB(eng, v2)" --dtype bfloat16
+  qzhou eval out/my-embedder --rerank out/my-reranker --rerank-top-k 100 --tasks cisi trecqa
+  qzhou eval out/my-embedder --rerank out/my-reranker --mteb SciFact NFCorpus --out out/eval/two-stage
   qzhou eval compare out/eval/a/results.json out/eval/b --out out/eval/compare
   qzhou eval --list-tasks
 """
@@ -56,9 +59,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rerank", default=None, metavar="RERANKER",
                    help="rerank the first stage's top-k with this reranker (Retrieval and Reranking tasks) and "
                         "report both stages side by side (qzhou.evaluation.rerank)")
-    p.add_argument("--rerank-top-k", type=int, default=100, help="first-stage documents reranked per query")
+    p.add_argument("--rerank-top-k", type=int, default=None, metavar="K",
+                   help="(--rerank) first-stage documents reranked per query (default: 100)")
     p.add_argument("--first-stage-runs", default=None, metavar="DIR",
-                   help="(--rerank) where first-stage runs are kept and reused (default: OUT/runs)")
+                   help="(--rerank) where first-stage runs (local runs, mteb predictions) are kept and reused "
+                        "(default: OUT/runs)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -99,8 +104,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
     if not a.tasks and not a.mteb:
         raise ValueError("nothing to evaluate: add --tasks suite (the built-in suite), --tasks FILE.yaml, "
                          "or --mteb 'MTEB(eng, v2)'")
-    if a.rerank and a.mteb:
-        raise ValueError("--rerank evaluates local tasks (--tasks); run --mteb without --rerank")
+    check_rerank_flags(a)
     from qzhou import Embedder
     from qzhou.evaluation.report import Results, markdown
     from qzhou.evaluation.runner import evaluate
@@ -130,6 +134,19 @@ def cmd_eval(a: argparse.Namespace) -> None:
     paths = results.save(_out(a))
     print(markdown(results))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def check_rerank_flags(a: argparse.Namespace) -> None:
+    """--rerank-top-k and --first-stage-runs belong to --rerank; its default top-k is filled in here."""
+    if not a.rerank:
+        for flag, value in (("--rerank-top-k", a.rerank_top_k), ("--first-stage-runs", a.first_stage_runs)):
+            if value is not None:
+                raise ValueError(f"{flag} applies to two-stage evaluation: add --rerank RERANKER")
+        return
+    if a.rerank_top_k is None:
+        a.rerank_top_k = 100
+    if a.rerank_top_k < 1:
+        raise ValueError(f"--rerank-top-k must be a positive number of documents per query (got {a.rerank_top_k})")
 
 
 def cmd_compare(a: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@ stage's top-k, and both stages are scored with the same metrics and reported sid
 
     evaluate_rerank(embedder, reranker, tasks, top_k=100, runs_dir=...) -> (first_stage, reranked) Results
     qzhou eval EMBEDDER --rerank RERANKER --rerank-top-k 100 --tasks cisi trecqa
+    qzhou eval EMBEDDER --rerank RERANKER --mteb SciFact NFCorpus     (first stage through mteb: mteb_rerank)
 
 The first stage's run (query -> {doc: score}, the top 1000 as mteb keeps) is written to `runs_dir/<task>.json`
 with what produced it (embedder fingerprint, instruction rules, data checksums); a later evaluation with the same
@@ -141,14 +142,25 @@ def save_rerank_report(first: Results, reranked: Results, out: str | Path) -> di
 
 
 def run_cli(a: Any, embedder: Any, out: Path) -> None:
-    """`qzhou eval EMBEDDER --rerank RERANKER --rerank-top-k K --tasks ...` (called by `evaluation.cli`, which
-    has checked the flags before loading the embedder)."""
+    """`qzhou eval EMBEDDER --rerank RERANKER --rerank-top-k K --tasks ... --mteb ...` (called by `evaluation.cli`,
+    which has checked the flags before loading the embedder): local tasks and mteb tasks in one report."""
     from qzhou import Reranker
 
     reranker = Reranker.load(a.rerank, dtype=a.dtype, device=a.device)
-    first, reranked = evaluate_rerank(embedder, reranker, a.tasks, a.rules, top_k=a.rerank_top_k,
-                                      data_root=a.data_root, runs_dir=a.first_stage_runs or out / "runs",
-                                      embedder_source=a.model, reranker_source=a.rerank, show_progress=True)
+    runs_dir = Path(a.first_stage_runs) if a.first_stage_runs else out / "runs"
+    parts = []
+    if a.tasks:
+        parts.append(evaluate_rerank(embedder, reranker, a.tasks, a.rules, top_k=a.rerank_top_k,
+                                     data_root=a.data_root, runs_dir=runs_dir, embedder_source=a.model,
+                                     reranker_source=a.rerank, show_progress=True))
+    if a.mteb:
+        from qzhou.evaluation import mteb_rerank
+
+        parts.append(mteb_rerank.run_cli(a, embedder, reranker, runs_dir, out))
+    first, reranked = parts[0]
+    for more_first, more_reranked in parts[1:]:
+        first.tasks += more_first.tasks
+        reranked.tasks += more_reranked.tasks
     paths = save_rerank_report(first, reranked, out)
     print(paths["markdown"].read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
