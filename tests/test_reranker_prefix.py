@@ -126,10 +126,10 @@ def test_batches_count_the_prefix_in_the_budget(reranker, monkeypatch):
     seen = []
     original = pc.continue_batch
 
-    def spy(decoder, kv, rows, pad_id, device):
-        past = kv[0][0].shape[2] if kv else 0
+    def spy(decoder, prefixes, which, rows, pad_id, device):
+        past = prefixes.kv[0][0].shape[2] if prefixes.kv else 0
         seen.append((len(rows), past + max(len(r) for r in rows), [len(r) for r in rows]))
-        return original(decoder, kv, rows, pad_id, device)
+        return original(decoder, prefixes, which, rows, pad_id, device)
 
     monkeypatch.setattr(pc, "continue_batch", spy)
     pairs = mixed_pairs(5) * 3
@@ -138,7 +138,7 @@ def test_batches_count_the_prefix_in_the_budget(reranker, monkeypatch):
     np.testing.assert_allclose(cached, plain, atol=1e-5)
     assert sum(b for b, _, _ in seen) == len(pairs)
     assert all(b * width <= 700 or b == 1 for b, width, _ in seen)
-    assert all(lengths == sorted(lengths, reverse=True) for _, _, lengths in seen)  # longest first within a query
+    assert all(lengths == sorted(lengths, reverse=True) for _, _, lengths in seen)  # longest first
 
 
 def test_eager_attention_and_llama(tmp_path):
