@@ -122,19 +122,6 @@ def choose_threads(threads: int | None) -> int:
     return threads
 
 
-def release_memory() -> None:
-    """Free a finished stage's model before the next loads: gc, then glibc's malloc_trim, which hands the freed heap
-    back to the OS. Without the trim the embedder's freed arenas stayed mapped under the reranker's training:
-    3.08 GB peak RSS for the whole quickstart against 2.58 GB (embedder) and 2.69 GB (reranker step) alone."""
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): the collector's work is all there is
-        pass
-
-
 class Stages:
     """Numbered stage headers with the time since the start, so a user sees where the minutes go."""
 
@@ -163,7 +150,7 @@ def train_recipe_in(cfg, folder: Path, recipe: Path, stages: Stages) -> tuple[Pa
     with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`: not the user's
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
         final = train_recipe(cfg)
-    release_memory()  # the trainer's model, gradients and optimizer state go before the trained model loads
+    gc.collect()  # the trainer's model, gradients and optimizer state go before the trained model loads
     return final, {"recipe": str(recipe), "model": str(final),
                    "minutes": round((time.perf_counter() - started) / 60, 2)}
 
@@ -201,7 +188,7 @@ def run(out: Path, dtype: str = "float32", device: str | None = None, k: int = 3
     stages.next("scoring the untrained embedder on the sample search task")
     before = evaluate(untrained, k)
     del untrained
-    release_memory()
+    gc.collect()
     rows = [("untrained", before)]
     print_scores(rows)
     report: dict = {"before": before}
@@ -213,7 +200,7 @@ def run(out: Path, dtype: str = "float32", device: str | None = None, k: int = 3
         trained = Embedder.load(final, dtype=dtype, device=device)
         report["after"] = evaluate(trained, k)
         del trained
-        release_memory()  # the embedder goes before the reranker loads (peak memory)
+        gc.collect()  # the embedder goes before the reranker loads (peak memory)
         rows.append(("trained", report["after"]))
         print_scores(rows)
         _write(report, report_file)

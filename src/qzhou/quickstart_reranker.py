@@ -7,11 +7,12 @@ reranker reads each (query, passage) pair together, which an embedder never does
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 
 from qzhou.evaluation.metrics import retrieval_scores
-from qzhou.quickstart import INSTRUCTION, METRICS, Stages, release_memory, resource, sample_task, train_recipe_in
+from qzhou.quickstart import INSTRUCTION, METRICS, Stages, resource, sample_task, train_recipe_in
 from qzhou.reranking.model import Reranker
 
 DEPTH = 10  # first-stage hits each query's reranker reorders (the metrics are @10, so all of them count)
@@ -59,7 +60,7 @@ def _rerank_with(source: Path | str, first: dict, k: int, dtype: str, device: st
     result = rerank(reranker, first, k)
     result["seconds"] = round(time.perf_counter() - started, 1)
     del reranker
-    release_memory()
+    gc.collect()
     return result
 
 
