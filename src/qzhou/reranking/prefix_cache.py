@@ -7,9 +7,9 @@ So the shared part is computed once and each document's continuation runs agains
 of all prompts (the root) first (batch 1), then the queries' remainders on top of it (one batch per chunk of
 queries), then the documents in token-budget batches, across queries, right-padded, each row with its query's
 keys and values gathered into the batch and the padding inside the prefix masked out. The prompts' token ids are not
-changed, only split (at the first token of the document, as `Reranker.format_pairs` finds it from the offsets),
-and a prefix is shared only by prompts whose ids before the split are equal, so the scores are those of the plain
-forward up to float summation order.
+changed, only split (where a query's prompts stop sharing ids, at the latest at the first token of the document as
+`Reranker.format_pairs` finds it from the offsets), and a prefix is shared only by prompts whose ids before the
+split are equal, so the scores are those of the plain forward up to float summation order.
 """
 
 from __future__ import annotations
