@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qzhou import Embedder
-from qzhou.modeling.embedder import _token_batches
+from qzhou.modeling.embedder import token_batches
 
 TEXTS = ["the cat", "a big brown dog runs over the lazy fox in the city", "paris", "the red bird eats fish",
          "one two three", "music art science math data learn model embed vector"]
@@ -100,7 +100,7 @@ def test_bfloat16_close_to_float32(base_dirs):
 
 def test_token_budget_batches():
     lengths = [10, 9, 9, 5, 3, 3, 3, 1]
-    batches = list(_token_batches(list(range(8)), lengths, batch_tokens=20, max_batch_size=3))
+    batches = list(token_batches(list(range(8)), lengths, batch_tokens=20, max_batch_size=3))
     assert sorted(i for b in batches for i in b) == list(range(8))
     for b in batches:
         assert len(b) <= 3 and (len(b) == 1 or len(b) * lengths[b[0]] <= 20)

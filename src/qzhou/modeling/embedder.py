@@ -253,7 +253,7 @@ def forward_in_batches(ids: Sequence[Sequence[int]], run: Callable[[list[Sequenc
                        show_progress: bool) -> tuple[torch.Tensor, dict[str, int]]:
     """(N, width) float32 CPU rows of `run(token-id rows)` in input order, and the token counts (real, and computed
     = real + padding). Rows are sorted longest first (so memory peaks at once) and packed into batches of at most
-    `batch_tokens` padded tokens (`_token_batches`). The loop of `Embedder.encode` and `Reranker.score`."""
+    `batch_tokens` padded tokens (`token_batches`). The loop of `Embedder.encode` and `Reranker.score`."""
     from tqdm.auto import tqdm
 
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
@@ -261,7 +261,7 @@ def forward_in_batches(ids: Sequence[Sequence[int]], run: Callable[[list[Sequenc
     out = torch.empty(len(ids), width, dtype=torch.float32)
     real = computed = 0
     bar = tqdm(total=len(ids), desc=desc, unit=unit, disable=not show_progress)
-    for batch in _token_batches(order, lengths, batch_tokens, max_batch_size):
+    for batch in token_batches(order, lengths, batch_tokens, max_batch_size):
         out[torch.tensor(batch)] = run([ids[i] for i in batch]).cpu()
         real += sum(lengths[i] for i in batch)
         computed += len(batch) * max(lengths[i] for i in batch)
@@ -270,7 +270,7 @@ def forward_in_batches(ids: Sequence[Sequence[int]], run: Callable[[list[Sequenc
     return out, {"real_tokens": real, "computed_tokens": computed}
 
 
-def _token_batches(order: list[int], lengths: list[int], batch_tokens: int, max_batch_size: int):
+def token_batches(order: list[int], lengths: list[int], batch_tokens: int, max_batch_size: int):
     """Split `order` (sorted by decreasing length) into batches whose padded size stays within budget."""
     batch: list[int] = []
     for i in order:

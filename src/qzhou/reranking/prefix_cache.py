@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from qzhou.modeling.embedder import pad_ids
+from qzhou.modeling.embedder import pad_ids, token_batches
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, (batch, kv heads, tokens, head dim)
 
@@ -160,7 +160,9 @@ def score_with_prefixes(decoder: torch.nn.Module, head: Callable[[torch.Tensor],
         which = {i: g for g, key in enumerate(chunk) for i in groups[key]}
         rows = {i: ids[i][len(chunk[g]):] for i, g in which.items()}
         past = len(root) + max(map(len, parts))
-        for batch in _batches(sorted(rows, key=lambda i: -len(rows[i])), rows, past, batch_tokens, max_batch_size):
+        # each row counts with the `past` prefix tokens it attends to (their keys and values are expanded over the batch)
+        widths = {i: past + len(r) for i, r in rows.items()}
+        for batch in token_batches(sorted(rows, key=lambda i: -widths[i]), widths, batch_tokens, max_batch_size):
             conts = [rows[i] for i in batch]
             last = continue_batch(decoder, prefixes, [which[i] for i in batch], conts, pad_id, device)
             out[torch.tensor(batch)] = head(last).float().cpu()
@@ -182,17 +184,3 @@ def _chunks(keys: list[tuple[int, ...]], batch_tokens: int, max_batch_size: int)
         chunk.append(key)
     if chunk:
         yield chunk
-
-
-def _batches(order: list[int], rows: dict[int, Sequence[int]], past: int, batch_tokens: int, max_batch_size: int):
-    """Split `order` (decreasing continuation length) into batches of at most `batch_tokens` tokens, each row
-    counted with the `past` prefix tokens it attends to (their keys and values are expanded over the batch)."""
-    batch: list[int] = []
-    for i in order:
-        width = past + len(rows[batch[0]] if batch else rows[i])
-        if batch and ((len(batch) + 1) * width > batch_tokens or len(batch) >= max_batch_size):
-            yield batch
-            batch = []
-        batch.append(i)
-    if batch:
-        yield batch
