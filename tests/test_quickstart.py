@@ -92,6 +92,10 @@ def test_threads_follow_the_free_cores(monkeypatch):
     before = torch.get_num_threads()
     try:
         assert quickstart.choose_threads(None) == 2 and torch.get_num_threads() == 2
+        monkeypatch.setattr(quickstart.os, "getloadavg", lambda: (0.6, 0.0, 0.0))  # a finished job's lagging load
+        assert quickstart.choose_threads(None) == 2
+        monkeypatch.setattr(quickstart.os, "getloadavg", lambda: (1.0, 0.0, 0.0))  # one core held
+        assert quickstart.choose_threads(None) == 1
         monkeypatch.setattr(quickstart.os, "getloadavg", lambda: (3.5, 0.0, 0.0))  # others hold both cores
         assert quickstart.choose_threads(None) == 1 and torch.get_num_threads() == 1
         assert quickstart.choose_threads(2) == 2
