@@ -72,7 +72,8 @@ class Reranker(nn.Module):
     def save(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the sentence-transformers CrossEncoder layout for causal rerankers (LogitScore over the yes/no
         ids, the prompt as a chat template) plus `qzhou_reranker.json`; see `reranking.export`. `state_dict`: the
-        full weights where the module holds only a shard (FSDP, DeepSpeed ZeRO-3), keyed as the causal LM's own state dict (as `Embedder.save`'s are the backbone's)."""
+        full weights where the module holds only a shard (FSDP, DeepSpeed ZeRO-3), keyed as the causal LM's own state
+        dict (as `Embedder.save`'s are the backbone's)."""
         from qzhou.reranking.export import save_cross_encoder
 
         return save_cross_encoder(self, path, state_dict)
