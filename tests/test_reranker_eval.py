@@ -130,3 +130,69 @@ def test_cli_eval_rerank(tasks, reranker, tmp_path, monkeypatch):
     assert (out / "rerank.md").is_file() and (out / "runs" / "TinyRetrieval.json").is_file()
     data = json.loads((out / "reranked" / "results.json").read_text())
     assert data["model"]["top_k"] == 4 and data["model"]["first_stage"] == "bow"
+
+
+def test_fuse_rrf_matches_hand_computation():
+    from qzhou.evaluation.rerank import fuse_rrf
+
+    first = {"q": {"a": 3.0, "b": 2.0, "c": 1.0, "d": 0.0}}
+    reranked = {"q": {"c": 9.0, "a": 5.0, "b": -1.0, "d": -2.0}}  # the reranker's order of the top 3: c, a, b
+    fused = fuse_rrf(first, reranked, k=3)["q"]
+    expected = {"a": 1 / 61 + 1 / 62, "b": 1 / 62 + 1 / 63, "c": 1 / 63 + 1 / 61}
+    for doc, value in expected.items():
+        assert fused[doc] == pytest.approx(value, abs=1e-15)
+    assert metrics.ranked(fused) == ["a", "c", "b", "d"]  # d, below the top 3, stays last
+
+
+class Refuses:
+    def score(self, *_, **__):
+        raise AssertionError("the stored reranker run should have been reused")
+
+    def info(self):
+        return {"architecture": "Refuses"}
+
+
+def test_rrf_fusion_matches_brute_force_and_reranker_run_is_reused(tasks, tmp_path):
+    task = load_task(resolve_tasks([str(tasks["Retrieval"])])[0])
+    source = tmp_path / "oracle-model"  # a folder, so the reranker has a content fingerprint and its run is kept
+    source.mkdir()
+    (source / "weights.bin").write_bytes(b"oracle")
+    runs, k = tmp_path / "runs", 6
+    kw = dict(top_k=k, runs_dir=runs, reranker_source=source, log=lambda _: None)
+    _, plain = evaluate_rerank(BagOfWords(noise=2.0), Oracle(task), [tasks["Retrieval"]], **kw)
+    assert plain.tasks[0].protocol["reranker_run"] == "computed"
+    _, fused = evaluate_rerank(BagOfWords(noise=2.0), Refuses(), [tasks["Retrieval"]], fusion="rrf", **kw)
+    assert fused.tasks[0].protocol["reranker_run"] == "reused" and fused.model["fusion"] == "rrf"
+    # brute force: ranks in the stored first stage and by the oracle's log-odds, 1/(60 + rank) summed
+    first = json.loads((runs / "TinyRetrieval.json").read_text())["run"]
+    oracle = Oracle(task)
+    data = task.data
+    run = {}
+    for qid, docs in first.items():
+        order = sorted(docs, key=lambda d: (docs[d], d), reverse=True)
+        z = {d: oracle.score([(data.queries[qid], data.docs[d])])[1][0] for d in order[:k]}
+        by_z = sorted(order[:k], key=lambda d: (z[d], d), reverse=True)
+        fused_score = {d: 1 / (60 + order.index(d) + 1) + 1 / (60 + by_z.index(d) + 1) for d in order[:k]}
+        ranked_docs = sorted(order[:k], key=lambda d: (fused_score[d], d), reverse=True) + order[k:]
+        run[qid] = {d: float(len(ranked_docs) - i) for i, d in enumerate(ranked_docs)}
+    assert fused.tasks[0].scores == pytest.approx(metrics.retrieval_scores(run, data.qrels), abs=1e-9)
+    # another top-k is another reranker run; an in-memory reranker (no source) keeps none
+    _, other = evaluate_rerank(BagOfWords(noise=2.0), Oracle(task), [tasks["Retrieval"]], top_k=4, runs_dir=runs,
+                               reranker_source=source, log=lambda _: None)
+    assert other.tasks[0].protocol["reranker_run"] == "computed"
+    _, unkept = evaluate_rerank(BagOfWords(noise=2.0), Oracle(task), [tasks["Retrieval"]], top_k=4, runs_dir=runs,
+                                log=lambda _: None)
+    assert unkept.tasks[0].protocol["reranker_run"] == "not kept"
+    with pytest.raises(ValueError, match="--rerank-fusion must be one of none, rrf"):
+        evaluate_rerank(BagOfWords(), Oracle(task), [tasks["Retrieval"]], fusion="max", runs_dir=runs)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rerank-fusion", "rrf"], "--rerank-fusion applies to two-stage evaluation"),
+    (["--rerank", "rr", "--rerank-fusion", "rrf", "--mteb", "SciFact"], "applies to local --tasks only"),
+])
+def test_cli_rerank_fusion_flag_errors(argv, message, tasks, capsys):
+    from qzhou.cli import main
+
+    assert main(["eval", "bow", "--tasks", str(tasks["Retrieval"]), *argv]) != 0
+    assert message in capsys.readouterr().err

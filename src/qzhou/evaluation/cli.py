@@ -61,6 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "report both stages side by side (qzhou.evaluation.rerank)")
     p.add_argument("--rerank-top-k", type=int, default=None, metavar="K",
                    help="(--rerank) first-stage documents reranked per query (default: 100)")
+    p.add_argument("--rerank-fusion", default=None, choices=["none", "rrf"],
+                   help="(--rerank, local --tasks) order the top-k by the reranker alone (none, the default) or by "
+                        "reciprocal rank fusion of both stages (rrf: 1/(60 + rank) summed)")
     p.add_argument("--first-stage-runs", default=None, metavar="DIR",
                    help="(--rerank) where first-stage runs (local runs, mteb predictions) are kept and reused "
                         "(default: OUT/runs)")
@@ -137,12 +140,18 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 
 def check_rerank_flags(a: argparse.Namespace) -> None:
-    """--rerank-top-k and --first-stage-runs belong to --rerank; its default top-k is filled in here."""
+    """--rerank-top-k, --rerank-fusion and --first-stage-runs belong to --rerank; their defaults are filled in
+    here. Fusion is computed on local runs only (mteb ranks the reranked run itself)."""
     if not a.rerank:
-        for flag, value in (("--rerank-top-k", a.rerank_top_k), ("--first-stage-runs", a.first_stage_runs)):
+        for flag, value in (("--rerank-top-k", a.rerank_top_k), ("--rerank-fusion", a.rerank_fusion),
+                            ("--first-stage-runs", a.first_stage_runs)):
             if value is not None:
                 raise ValueError(f"{flag} applies to two-stage evaluation: add --rerank RERANKER")
         return
+    if a.rerank_fusion not in (None, "none") and a.mteb:
+        raise ValueError("--rerank-fusion applies to local --tasks only; mteb ranks the reranked run itself "
+                         "(drop --mteb, or run it without --rerank-fusion)")
+    a.rerank_fusion = a.rerank_fusion or "none"
     if a.rerank_top_k is None:
         a.rerank_top_k = 100
     if a.rerank_top_k < 1:

@@ -9,14 +9,22 @@ The first stage's run (query -> {doc: score}, the top 1000 as mteb keeps) is wri
 with what produced it (embedder fingerprint, instruction rules, data checksums); a later evaluation with the same
 first stage reads it instead of embedding again, so several rerankers are compared on exactly one candidate list.
 Documents below the top-k keep their first-stage order under the reranked ones, so Recall@1000 stays comparable.
+The reranker's scores are kept too (`runs_dir/reranked/`, keyed by the reranker's content fingerprint, dtype, max
+length, top-k and instruction), so re-reporting or fusing them costs no second scoring pass.
+
+`fusion="rrf"` (`--rerank-fusion rrf`) ranks each query's top-k by reciprocal rank fusion of the two stages
+(Cormack, Clarke & Buettcher, SIGIR 2009: sum over the stages of 1 / (60 + rank)) instead of by the reranker alone:
+the usual guard when the reranker is not clearly stronger than the first stage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +34,8 @@ from qzhou.evaluation.runner import MAIN_SCORE, RULES, EmbeddingCache, retrieval
 from qzhou.evaluation.tasks import Corpus, LoadedTask, load_task, resolve_tasks
 
 RERANK_TYPES = ("Retrieval", "Reranking")
+FUSIONS = ("none", "rrf")
+RRF_K = 60  # the constant of Cormack et al. (2009), as Elasticsearch, OpenSearch and Pyserini default
 Run = dict[str, dict[str, float]]
 
 
@@ -45,6 +55,21 @@ def rerank_run(reranker: Any, task: LoadedTask, first: Run, k: int, instruction:
         pos += len(head)
         floor = min(scores.values(), default=0.0) - 1.0
         scores.update({doc: floor - n for n, doc in enumerate(docs[k:])})
+        out[qid] = scores
+    return out
+
+
+def fuse_rrf(first: Run, reranked: Run, k: int, constant: int = RRF_K) -> Run:
+    """Each query's first-stage top `k` ordered by reciprocal rank fusion of the two stages, 1 / (constant + rank in
+    the first stage) + 1 / (constant + rank by the reranker) (ranks from 1); the rest follow in first-stage order."""
+    out: Run = {}
+    for qid, docs in first.items():
+        order = metrics.ranked(docs)
+        head = order[:k]
+        by_reranker = {doc: n for n, doc in enumerate(metrics.ranked({d: reranked[qid][d] for d in head}), start=1)}
+        scores = {doc: 1.0 / (constant + n) + 1.0 / (constant + by_reranker[doc]) for n, doc in enumerate(head, 1)}
+        floor = min(scores.values(), default=0.0) - 1.0
+        scores.update({doc: floor - n for n, doc in enumerate(order[k:])})
         out[qid] = scores
     return out
 
@@ -74,16 +99,20 @@ def _task_result(task: LoadedTask, scores: dict[str, float], seconds: float, **e
 
 
 def evaluate_rerank(embedder: Any, reranker: Any, tasks: Sequence[str | Path], rules: str = "qzhou", *,
-                    top_k: int = 100, data_root: str | Path | None = None, runs_dir: str | Path = "out/runs",
-                    embedder_source: str | Path | None = None, reranker_source: str | Path | None = None,
-                    show_progress: bool = False, log: Callable[[str], None] | None = None) -> tuple[Results, Results]:
+                    top_k: int = 100, fusion: str = "none", data_root: str | Path | None = None,
+                    runs_dir: str | Path = "out/runs", embedder_source: str | Path | None = None,
+                    reranker_source: str | Path | None = None, show_progress: bool = False,
+                    log: Callable[[str], None] | None = None) -> tuple[Results, Results]:
     """Score the first stage (`embedder`) and the reranked run (`reranker`, anything with `score(pairs,
-    instruction=..., return_logits=True)`) on the Retrieval and Reranking tasks among `tasks`. The reranker gets
-    each task's query instruction under `rules` (its own default instruction under "none")."""
+    instruction=..., return_logits=True)`; with `fusion="rrf"`, fused with the first stage) on the Retrieval and
+    Reranking tasks among `tasks`. The reranker gets each task's query instruction under `rules` (its own default
+    instruction under "none")."""
     if rules not in RULES:
         raise ValueError(f"rules must be one of {', '.join(RULES)} (got {rules!r})")
     if top_k < 1:
         raise ValueError(f"--rerank-top-k must be positive (got {top_k})")
+    if fusion not in FUSIONS:
+        raise ValueError(f"--rerank-fusion must be one of {', '.join(FUSIONS)} (got {fusion!r})")
     log = log or (lambda msg: print(msg, file=sys.stderr))
     specs = [s for t in tasks for s in resolve_tasks([str(t)], data_root)]
     kept = [s for s in specs if s.type in RERANK_TYPES]
@@ -92,36 +121,72 @@ def evaluate_rerank(embedder: Any, reranker: Any, tasks: Sequence[str | Path], r
             log(f"{s.name}: a {s.type} task; reranking evaluates {' and '.join(RERANK_TYPES)} tasks only, skipped")
     if not kept:
         raise ValueError(f"none of the tasks is a {' or '.join(RERANK_TYPES)} task; nothing to rerank")
-    loaded = [load_task(s) for s in kept]
     first_model = describe_model(embedder, embedder_source)
     second_model = describe_model(reranker, reranker_source) | {"first_stage": first_model["name"], "top_k": top_k}
-    cache = EmbeddingCache(embedder)
+    if fusion != "none":
+        second_model["fusion"] = fusion
+    stages = _Stages(EmbeddingCache(embedder), reranker, first_model, second_model, rules, top_k, fusion,
+                     Path(runs_dir), show_progress)
     first_results, second_results = [], []
-    for task in loaded:
-        key = {"task": task.spec.name, "files": task.files, "rules": rules, "embedder": first_model["name"],
-               "fingerprint": first_model["fingerprint"], "depth": max(metrics.K_VALUES)}
-        start, before = time.perf_counter(), cache.encoded
-        first, reused = cached_run(Path(runs_dir) / f"{task.spec.name}.json", key,
-                                   lambda task=task: retrieval_run(task, cache, rules))
-        first_scores = metrics.retrieval_scores(first, task.data.qrels)  # type: ignore[union-attr]
-        mid = time.perf_counter()
-        instruction = task.spec.instruction_for("query", rules)
-        second = rerank_run(reranker, task, first, top_k, instruction, show_progress)
-        second_scores = metrics.retrieval_scores(second, task.data.qrels)  # type: ignore[union-attr]
-        first_results.append(_task_result(task, first_scores, mid - start, texts_embedded=cache.encoded - before,
-                                          instructions={s: task.spec.instruction_for(s, rules)
-                                                        for s in ("query", "document")},
-                                          protocol={"first_stage_run": "reused" if reused else "computed"}))
-        second_results.append(_task_result(task, second_scores, time.perf_counter() - mid,
-                                           instructions={"reranker": instruction},
-                                           protocol={"rerank_top_k": top_k, "pairs": sum(min(top_k, len(r))
-                                                                                         for r in first.values())}))
+    for task in (load_task(s) for s in kept):
+        first, second = stages.evaluate(task)
+        first_results.append(first)
+        second_results.append(second)
         main = MAIN_SCORE[task.spec.type]
-        log(f"{task.spec.name:<28} {main}: first stage {100 * first_scores[main]:.2f} -> reranked top-{top_k} "
-            f"{100 * second_scores[main]:.2f} (first-stage run {'reused' if reused else 'computed'})")
+        log(f"{task.spec.name:<28} {main}: first stage {100 * first.scores[main]:.2f} -> reranked top-{top_k}"
+            f"{' (rrf)' if fusion == 'rrf' else ''} {100 * second.scores[main]:.2f} (first-stage run "
+            f"{first.protocol['first_stage_run']}, reranker scores {second.protocol['reranker_run']})")
     versions = library_versions()
     return (Results(model=first_model, rules=rules, versions=versions, tasks=first_results),
             Results(model=second_model, rules=rules, versions=versions, tasks=second_results))
+
+
+class _Stages:
+    """One task through both stages, each stage's run read from `runs_dir` when it was made the same way."""
+
+    def __init__(self, cache: EmbeddingCache, reranker: Any, first_model: dict, second_model: dict, rules: str,
+                 top_k: int, fusion: str, runs_dir: Path, show_progress: bool):
+        self.cache, self.reranker, self.rules, self.top_k, self.fusion = cache, reranker, rules, top_k, fusion
+        self.first_model, self.second_model = first_model, second_model
+        self.runs_dir, self.show_progress = runs_dir, show_progress
+
+    def evaluate(self, task: LoadedTask) -> tuple[TaskResult, TaskResult]:
+        key = {"task": task.spec.name, "files": task.files, "rules": self.rules, "embedder": self.first_model["name"],
+               "fingerprint": self.first_model["fingerprint"], "depth": max(metrics.K_VALUES)}
+        start, before = time.perf_counter(), self.cache.encoded
+        first, reused = cached_run(self.runs_dir / f"{task.spec.name}.json", key,
+                                   lambda: retrieval_run(task, self.cache, self.rules))
+        qrels = task.data.qrels  # type: ignore[union-attr]
+        mid = time.perf_counter()
+        instruction = task.spec.instruction_for("query", self.rules)
+        second, reranker_reused = self.reranked(task, first, key, instruction)
+        if self.fusion == "rrf":
+            second = fuse_rrf(first, second, self.top_k)
+        first_result = _task_result(task, metrics.retrieval_scores(first, qrels), mid - start,
+                                    texts_embedded=self.cache.encoded - before,
+                                    instructions={s: task.spec.instruction_for(s, self.rules)
+                                                  for s in ("query", "document")},
+                                    protocol={"first_stage_run": "reused" if reused else "computed"})
+        pairs = sum(min(self.top_k, len(r)) for r in first.values())
+        second_result = _task_result(task, metrics.retrieval_scores(second, qrels), time.perf_counter() - mid,
+                                     instructions={"reranker": instruction},
+                                     protocol={"rerank_top_k": self.top_k, "pairs": pairs, "fusion": self.fusion,
+                                               "reranker_run": reranker_reused})
+        return first_result, second_result
+
+    def reranked(self, task: LoadedTask, first: Run, first_key: dict, instruction: str | None) -> tuple[Run, str]:
+        """(the reranker's run, "reused" | "computed" | "not kept"): kept only for a reranker read from files (a
+        content fingerprint), since an in-memory model's weights cannot be told apart."""
+        make = partial(rerank_run, self.reranker, task, first, self.top_k, instruction, self.show_progress)
+        model = self.second_model
+        if model.get("fingerprint") is None:
+            return make(), "not kept"
+        key = {"first_stage": first_key, "reranker": model["name"], "fingerprint": model["fingerprint"],
+               "dtype": model.get("dtype"), "max_length": getattr(self.reranker, "max_length", None),
+               "top_k": self.top_k, "instruction": instruction}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        run, reused = cached_run(self.runs_dir / "reranked" / f"{task.spec.name}-{digest}.json", key, make)
+        return run, "reused" if reused else "computed"
 
 
 def save_rerank_report(first: Results, reranked: Results, out: str | Path) -> dict[str, Path]:
@@ -151,8 +216,8 @@ def run_cli(a: Any, embedder: Any, out: Path) -> None:
     parts = []
     if a.tasks:
         parts.append(evaluate_rerank(embedder, reranker, a.tasks, a.rules, top_k=a.rerank_top_k,
-                                     data_root=a.data_root, runs_dir=runs_dir, embedder_source=a.model,
-                                     reranker_source=a.rerank, show_progress=True))
+                                     fusion=a.rerank_fusion, data_root=a.data_root, runs_dir=runs_dir,
+                                     embedder_source=a.model, reranker_source=a.rerank, show_progress=True))
     if a.mteb:
         from qzhou.evaluation import mteb_rerank
 
