@@ -110,7 +110,7 @@ def test_one_pair(reranker, qwen3_dir):
     pair = [PAIRS[0]]
     p = reranker.score(pair)
     assert reranker.last_stats["reused_tokens"] == 0
-    ids, starts = reranker._prompts(pair, None, None)
+    ids, starts = reranker.prompt_ids(pair, None, None)
     root, groups = pc.plan(ids, starts, [pair[0][0]])
     bar = SimpleNamespace(update=lambda n: None)
     with torch.inference_mode():

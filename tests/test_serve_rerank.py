@@ -146,3 +146,29 @@ def test_info_and_check_parity_with_reranker(http, folder, capsys):
     assert main(["check-parity", "--reranker", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "rerank: p(yes)" in out and "OK" in out
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_batched_requests_share_prefixes_and_score_as_the_plain_forward(reranker, prefix_cache):
+    """In-process RerankService: requests for two queries and two instructions, batched together, each get the
+    plain forward's scores (`prefix_cache=False` in `score`); with the cache on, the shared prefixes were reused."""
+    from qzhou.serving.batcher import Limits
+    from qzhou.serving.rerank import RerankService
+
+    reqs = [(QUERY, DOCS, None), ("Who wrote Hamlet?", DOCS[1:4], None), (QUERY, DOCS[:3], "Find the answer"),
+            (QUERY, [LONG, DOCS[0]], None)]
+    service = RerankService(reranker, Limits(max_wait_ms=200.0), prefix_cache=prefix_cache)
+
+    async def main():
+        await service.start()
+        try:
+            return await asyncio.gather(*(service.score(q, docs, instruction) for q, docs, instruction in reqs))
+        finally:
+            await service.close()
+
+    for (q, docs, instruction), (p, z, tokens) in zip(reqs, asyncio.run(main())):
+        want_p, want_z = reranker.score([(q, d) for d in docs], instruction=instruction, return_logits=True,
+                                        prefix_cache=False)
+        assert p == pytest.approx(want_p, abs=1e-5) and z == pytest.approx(want_z, abs=1e-4)
+        assert tokens == sum(map(len, reranker.format_pairs([(q, d) for d in docs], instruction)))
+    assert (service.reused_tokens > 0) is prefix_cache

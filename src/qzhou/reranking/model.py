@@ -131,10 +131,10 @@ class Reranker(nn.Module):
         """Token ids of the full prompts. Only the document is truncated (its end is cut), so the template's prefix,
         the instruction, the query and the closing assistant turn always survive within `max_length` (default: the
         reranker's)."""
-        return self._prompts(pairs, instruction, max_length)[0]
+        return self.prompt_ids(pairs, instruction, max_length)[0]
 
-    def _prompts(self, pairs: Sequence[tuple[str, str]], instruction: str | None,
-                 max_length: int | None) -> tuple[list[list[int]], list[int]]:
+    def prompt_ids(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None,
+                   max_length: int | None = None) -> tuple[list[list[int]], list[int]]:
         """`format_pairs`' ids, and for each prompt the index of the document's first token (where the prefix that
         `score` may reuse ends)."""
         pairs = _check_pairs(pairs)
@@ -203,16 +203,19 @@ class Reranker(nn.Module):
         if batch_tokens < 1:
             raise ValueError(f"batch_tokens must be positive (got {batch_tokens})")
         self.model.eval()
-        ids, starts = self._prompts(pairs, instruction, None)
-        out, self.last_stats = self._forward_prompts(ids, starts, [q for q, _ in pairs], batch_tokens,
-                                                       show_progress, prefix_cache)
+        ids, starts = self.prompt_ids(pairs, instruction, None)
+        out, self.last_stats = self.forward_prompts(ids, starts, [q for q, _ in pairs], batch_tokens,
+                                                      show_progress, prefix_cache)
         log_odds = out[:, 1] - out[:, 0]
         p_yes = torch.sigmoid(log_odds).numpy()
         return (p_yes, log_odds.numpy()) if return_logits else p_yes
 
-    def _forward_prompts(self, ids: list[list[int]], starts: list[int], queries: list[str], batch_tokens: int,
-                         show_progress: bool, prefix_cache: bool) -> tuple[torch.Tensor, dict[str, int]]:
-        """(N, 2) logits of the prompts and the token counts, through the prefix cache where it saves work."""
+    def forward_prompts(self, ids: Sequence[Sequence[int]], starts: Sequence[int], queries: Sequence[str],
+                        batch_tokens: int = 16384, show_progress: bool = False,
+                        prefix_cache: bool = True) -> tuple[torch.Tensor, dict[str, int]]:
+        """(N, 2) float32 logits [z_no, z_yes] of prompts as `prompt_ids` makes them (`starts`: each one's first
+        document token; `queries`: a key per prompt, equal for prompts that may share a prefix) and the token
+        counts, through the prefix cache where it saves work. `score` and the server's rerank batches call it."""
         from tqdm.auto import tqdm
 
         from qzhou.reranking import prefix_cache as pc

@@ -29,6 +29,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None, help="embedder folder, hub id or .gguf (omit to serve only "
                    "--reranker)")
     p.add_argument("--reranker", default=None, help="a Qwen3-style reranker to serve on /rerank and /v1/rerank")
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="(--reranker) run every prompt in full instead of computing a batch's shared prompt prefix "
+                        "(system turn, instruction, query) once; the scores are the same either way")
     p.add_argument("--host", default="127.0.0.1", help="loopback by default; 0.0.0.0 listens on every interface")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--api-key-env", default=None, metavar="VAR", help="require 'Authorization: Bearer $VAR'")
@@ -103,7 +106,7 @@ def build_state(a: argparse.Namespace, embedder: Any = None, reranker: Any = Non
             from qzhou import Reranker
 
             reranker = Reranker.load(a.reranker, dtype=a.dtype, device=a.device)
-        state.rerank = RerankService(reranker, limits, state.metrics, a.max_client_batch)
+        state.rerank = RerankService(reranker, limits, state.metrics, a.max_client_batch, a.prefix_cache)
         state.reranker_name = Path(str(a.reranker).rstrip("/")).name
     return state
 
