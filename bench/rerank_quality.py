@@ -11,13 +11,16 @@ Contenders, scored in one run on one first-stage candidate list (computed once, 
 - the trained reranker over its top-k;
 - the same reranker's scores fused with the first stage's ranks (reciprocal rank fusion, `--rerank-fusion rrf`; no
   second scoring pass: the reranker's run is read back from OUT/runs/reranked);
-- with `--untrained`, the base model as a reranker (same template, no training): what training added.
+- with `--untrained`, the base model as a reranker (same template, no training): what training added;
+- with `--also LABEL=DIR` (repeatable), other trained rerankers (another recipe), alone and fused.
+Every stage's run is kept under OUT/runs, so adding a contender later scores only that contender.
 
 Target (issue 11): reranked nDCG@10 above the first stage on both tasks, by >= 3 points on at least one.
 Written: OUT/rerank_quality.{json,md,png} (+ each contender's results.json under OUT/).
 
 Run:  python bench/rerank_quality.py [--embedder DIR] [--reranker DIR] [--top-k 100] [--max-length 512]
-                                     [--untrained] [--tasks CISI TrecQA] [--out bench/results/rerank_quality]
+                                     [--untrained] [--also LABEL=DIR ...] [--tasks CISI TrecQA]
+                                     [--out bench/results/rerank_quality]
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=512,
                    help="reranker prompt cap in tokens (only the document is cut); CISI abstracts run to ~700")
     p.add_argument("--untrained", action="store_true", help="also rerank with the base model, untrained")
+    p.add_argument("--also", action="append", default=[], metavar="LABEL=DIR",
+                   help="another trained reranker to compare (alone and fused), e.g. lora=out/reranker-lora/sft/final")
     p.add_argument("--rules", default="qzhou", choices=["qzhou", "qwen3", "none"],
                    help="instruction rules for both stages (none: no instruction for the embedder, the reranker's "
                         "default instruction; right for embedders trained without instructions, e.g. all-MiniLM)")
@@ -61,6 +66,16 @@ def check_inputs(a: argparse.Namespace) -> None:
         if not Path(folder).is_dir():
             sys.exit(f"rerank_quality: no {what} at {folder}; train it first: bash bench/prepare_cpu_data.sh && "
                      f"qzhou train {recipe}")
+
+
+def also(a: argparse.Namespace) -> list[tuple[str, str]]:
+    out = []
+    for item in a.also:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not Path(folder).is_dir():
+            sys.exit(f"rerank_quality: --also {item!r}: expected LABEL=DIR with a reranker folder")
+        out.append((label, folder))
+    return out
 
 
 def ndcg10(results) -> dict[str, float]:
@@ -112,13 +127,13 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(a.out)
     embedder = Embedder.load(a.embedder, dtype=a.dtype)
-    contenders = {TRAINED: a.reranker} | ({"reranked (untrained base)": smollm2_folder()}
-                                                       if a.untrained else {})
+    contenders = {TRAINED: a.reranker} | {f"reranked ({label})": folder for label, folder in also(a)} | (
+        {"reranked (untrained base)": smollm2_folder()} if a.untrained else {})
     first, results = None, {}
     for label, source in contenders.items():
         reranker = Reranker.load(source, dtype=a.dtype, max_length=a.max_length)
         print(f"\n{label}: {source} ({reranker.dtype}, max_length {reranker.max_length})", flush=True)
-        for fusion in ("none", "rrf") if label == TRAINED else ("none",):
+        for fusion in ("none", "rrf") if "untrained" not in label else ("none",):
             name = label if fusion == "none" else f"{label} + RRF with the first stage"
             first, results[name] = evaluate_rerank(embedder, reranker, a.tasks, a.rules, top_k=a.top_k,
                                                    fusion=fusion, data_root=a.data_root, runs_dir=out / "runs",

@@ -136,7 +136,7 @@ def test_fuse_rrf_matches_hand_computation():
     from qzhou.evaluation.rerank import fuse_rrf
 
     first = {"q": {"a": 3.0, "b": 2.0, "c": 1.0, "d": 0.0}}
-    reranked = {"q": {"c": 9.0, "a": 5.0, "b": -1.0, "d": -2.0}}  # the reranker's order of the top 3: c, a, b
+    reranked = {"q": {"c": 9.0, "a": 5.0, "b": -1.0}}  # the reranker's log-odds of the top 3: c, a, b
     fused = fuse_rrf(first, reranked, k=3)["q"]
     expected = {"a": 1 / 61 + 1 / 62, "b": 1 / 62 + 1 / 63, "c": 1 / 63 + 1 / 61}
     for doc, value in expected.items():

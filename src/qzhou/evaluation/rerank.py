@@ -9,7 +9,7 @@ The first stage's run (query -> {doc: score}, the top 1000 as mteb keeps) is wri
 with what produced it (embedder fingerprint, instruction rules, data checksums); a later evaluation with the same
 first stage reads it instead of embedding again, so several rerankers are compared on exactly one candidate list.
 Documents below the top-k keep their first-stage order under the reranked ones, so Recall@1000 stays comparable.
-The reranker's scores are kept too (`runs_dir/reranked/`, keyed by the reranker's content fingerprint, dtype, max
+The reranker's scores of the top-k are kept too (`runs_dir/reranked/`, keyed by the reranker's content fingerprint, dtype, max
 length, top-k and instruction), so re-reporting or fusing them costs no second scoring pass.
 
 `fusion="rrf"` (`--rerank-fusion rrf`) ranks each query's top-k by reciprocal rank fusion of the two stages
@@ -39,39 +39,46 @@ RRF_K = 60  # the constant of Cormack et al. (2009), as Elasticsearch, OpenSearc
 Run = dict[str, dict[str, float]]
 
 
-def rerank_run(reranker: Any, task: LoadedTask, first: Run, k: int, instruction: str | None,
-               show_progress: bool = False) -> Run:
-    """The first stage's top `k` of each query scored by the reranker (log-odds, all pairs in one call so the
-    token-budget batches span queries); the rest follow in first-stage order below the lowest reranked score."""
+def rerank_scores(reranker: Any, task: LoadedTask, first: Run, k: int, instruction: str | None,
+                  show_progress: bool = False) -> Run:
+    """The reranker's log-odds for each query's first-stage top `k` (all pairs in one call, so the token-budget
+    batches span queries)."""
     data: Corpus = task.data  # type: ignore[assignment]
-    order = {qid: metrics.ranked(docs) for qid, docs in first.items()}
-    pairs = [(data.queries[qid], data.docs[doc]) for qid, docs in order.items() for doc in docs[:k]]
+    heads = {qid: metrics.ranked(docs)[:k] for qid, docs in first.items()}
+    pairs = [(data.queries[qid], data.docs[doc]) for qid, head in heads.items() for doc in head]
     _, logits = reranker.score(pairs, instruction=instruction, return_logits=True, show_progress=show_progress)
     out: Run = {}
     pos = 0
-    for qid, docs in order.items():
-        head = docs[:k]
-        scores = {doc: float(z) for doc, z in zip(head, logits[pos:pos + len(head)], strict=True)}
+    for qid, head in heads.items():
+        out[qid] = {doc: float(z) for doc, z in zip(head, logits[pos:pos + len(head)], strict=True)}
         pos += len(head)
-        floor = min(scores.values(), default=0.0) - 1.0
-        scores.update({doc: floor - n for n, doc in enumerate(docs[k:])})
-        out[qid] = scores
     return out
 
 
-def fuse_rrf(first: Run, reranked: Run, k: int, constant: int = RRF_K) -> Run:
+def reranked_run(first: Run, scores: Run, k: int) -> Run:
+    """Each query's top `k` by the reranker's `scores`; the rest follow in first-stage order below them."""
+    return {qid: _with_tail(dict(scores[qid]), metrics.ranked(docs)[k:]) for qid, docs in first.items()}
+
+
+def fuse_rrf(first: Run, scores: Run, k: int, constant: int = RRF_K) -> Run:
     """Each query's first-stage top `k` ordered by reciprocal rank fusion of the two stages, 1 / (constant + rank in
-    the first stage) + 1 / (constant + rank by the reranker) (ranks from 1); the rest follow in first-stage order."""
+    the first stage) + 1 / (constant + rank by the reranker's `scores`) (ranks from 1); the rest follow in
+    first-stage order."""
     out: Run = {}
     for qid, docs in first.items():
         order = metrics.ranked(docs)
         head = order[:k]
-        by_reranker = {doc: n for n, doc in enumerate(metrics.ranked({d: reranked[qid][d] for d in head}), start=1)}
-        scores = {doc: 1.0 / (constant + n) + 1.0 / (constant + by_reranker[doc]) for n, doc in enumerate(head, 1)}
-        floor = min(scores.values(), default=0.0) - 1.0
-        scores.update({doc: floor - n for n, doc in enumerate(order[k:])})
-        out[qid] = scores
+        by_reranker = {doc: n for n, doc in enumerate(metrics.ranked({d: scores[qid][d] for d in head}), start=1)}
+        fused = {doc: 1.0 / (constant + n) + 1.0 / (constant + by_reranker[doc]) for n, doc in enumerate(head, 1)}
+        out[qid] = _with_tail(fused, order[k:])
     return out
+
+
+def _with_tail(head: dict[str, float], tail: Sequence[str]) -> dict[str, float]:
+    """`head` with the `tail` documents added below its lowest score, in the tail's order."""
+    floor = min(head.values(), default=0.0) - 1.0
+    head.update({doc: floor - n for n, doc in enumerate(tail)})
+    return head
 
 
 def cached_run(path: Path, key: dict[str, Any], make: Callable[[], Run]) -> tuple[Run, bool]:
@@ -159,9 +166,9 @@ class _Stages:
         qrels = task.data.qrels  # type: ignore[union-attr]
         mid = time.perf_counter()
         instruction = task.spec.instruction_for("query", self.rules)
-        second, reranker_reused = self.reranked(task, first, key, instruction)
-        if self.fusion == "rrf":
-            second = fuse_rrf(first, second, self.top_k)
+        scores, reranker_reused = self.reranker_scores(task, first, key, instruction)
+        fuse = fuse_rrf if self.fusion == "rrf" else reranked_run
+        second = fuse(first, scores, self.top_k)
         first_result = _task_result(task, metrics.retrieval_scores(first, qrels), mid - start,
                                     texts_embedded=self.cache.encoded - before,
                                     instructions={s: task.spec.instruction_for(s, self.rules)
@@ -174,10 +181,11 @@ class _Stages:
                                                "reranker_run": reranker_reused})
         return first_result, second_result
 
-    def reranked(self, task: LoadedTask, first: Run, first_key: dict, instruction: str | None) -> tuple[Run, str]:
-        """(the reranker's run, "reused" | "computed" | "not kept"): kept only for a reranker read from files (a
-        content fingerprint), since an in-memory model's weights cannot be told apart."""
-        make = partial(rerank_run, self.reranker, task, first, self.top_k, instruction, self.show_progress)
+    def reranker_scores(self, task: LoadedTask, first: Run, first_key: dict,
+                        instruction: str | None) -> tuple[Run, str]:
+        """(the reranker's log-odds of each query's top-k, "reused" | "computed" | "not kept"): kept only for a
+        reranker read from files (a content fingerprint), since an in-memory model's weights cannot be told apart."""
+        make = partial(rerank_scores, self.reranker, task, first, self.top_k, instruction, self.show_progress)
         model = self.second_model
         if model.get("fingerprint") is None:
             return make(), "not kept"
