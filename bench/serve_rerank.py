@@ -65,7 +65,7 @@ def measure(name: str, flags: list[str], folder: str, requests, reference, level
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "qzhou.cli", "serve", "--reranker", folder, "--dtype", "float32", "--port", str(port),
-           "--log-level", "warning", *flags, *(["--threads", str(threads)] if threads else [])]
+           "--log-level", "warning", "--request-timeout", "1800", *flags, *(["--threads", str(threads)] if threads else [])]
     proc = start_server(cmd, url, timeout=300)
     rows = []
     try:
