@@ -9,8 +9,8 @@ The first stage's run (query -> {doc: score}, the top 1000 as mteb keeps) is wri
 with what produced it (embedder fingerprint, instruction rules, data checksums); a later evaluation with the same
 first stage reads it instead of embedding again, so several rerankers are compared on exactly one candidate list.
 Documents below the top-k keep their first-stage order under the reranked ones, so Recall@1000 stays comparable.
-The reranker's scores of the top-k are kept too (`runs_dir/reranked/`, keyed by the reranker's content fingerprint, dtype, max
-length, top-k and instruction), so re-reporting or fusing them costs no second scoring pass.
+The reranker's log-odds of the top-k are kept too (`runs_dir/reranked/`, keyed by the reranker's content
+fingerprint, dtype, max length, top-k and instruction), so re-reporting or fusing them scores nothing twice.
 
 `fusion="rrf"` (`--rerank-fusion rrf`) ranks each query's top-k by reciprocal rank fusion of the two stages
 (Cormack, Clarke & Buettcher, SIGIR 2009: sum over the stages of 1 / (60 + rank)) instead of by the reranker alone:
