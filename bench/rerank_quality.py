@@ -123,17 +123,20 @@ def main(argv: list[str] | None = None) -> None:
     from qzhou import Embedder, Reranker
     from qzhou.default_model import smollm2_folder
     from qzhou.evaluation.report import plot
-    from qzhou.evaluation.rerank import evaluate_rerank
+    from qzhou.evaluation.rerank import FUSIONS, evaluate_rerank
 
     out = Path(a.out)
     embedder = Embedder.load(a.embedder, dtype=a.dtype)
-    contenders = {TRAINED: a.reranker} | {f"reranked ({label})": folder for label, folder in also(a)} | (
-        {"reranked (untrained base)": smollm2_folder()} if a.untrained else {})
+    # (label, folder, fusions): trained rerankers alone and fused; the untrained base alone
+    contenders = [(TRAINED, a.reranker, FUSIONS)] + [(f"reranked ({label})", folder, FUSIONS)
+                                                     for label, folder in also(a)]
+    if a.untrained:
+        contenders.append(("reranked (untrained base)", smollm2_folder(), ("none",)))
     first, results = None, {}
-    for label, source in contenders.items():
+    for label, source, fusions in contenders:
         reranker = Reranker.load(source, dtype=a.dtype, max_length=a.max_length)
         print(f"\n{label}: {source} ({reranker.dtype}, max_length {reranker.max_length})", flush=True)
-        for fusion in ("none", "rrf") if "untrained" not in label else ("none",):
+        for fusion in fusions:
             name = label if fusion == "none" else f"{label} + RRF with the first stage"
             first, results[name] = evaluate_rerank(embedder, reranker, a.tasks, a.rules, top_k=a.top_k,
                                                    fusion=fusion, data_root=a.data_root, runs_dir=out / "runs",

@@ -18,7 +18,7 @@ import torch
 from qzhou.serving import errors
 from qzhou.serving.batcher import Limits, Service
 
-_NO_CUT = 10**9  # format_pairs' max_length when asking for the full prompt (to refuse over-long ones)
+_NO_CUT = 10**9  # prompt_ids' max_length when asking for the full prompt (to refuse over-long ones)
 
 
 @dataclass
